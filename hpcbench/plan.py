@@ -1,0 +1,251 @@
+"""Memory and parallelism planner: (model, site, context, load) -> Plan, or a UserError saying why not.
+
+Two levels, both reported:
+- `Arithmetic`: the published-table conventions (the Kempner seed): weights = parameters x bytes in
+  decimal GB; KV cache = 2 x layers x KV heads x head dim x bytes per token, for the context, in GiB;
+  accelerators = ceil(memory / accelerator memory).
+- the layout actually chosen, with real margins: only `gpu_memory_utilization` of each accelerator is
+  the engine's, minus a per-accelerator overhead (activations, CUDA graphs, runtime), and the KV room
+  must hold the requested load (tokens in flight), not just one sequence.
+
+Layout rules: tensor parallel (TP) stays within a node and must divide the attention heads, and divide
+or be a multiple of the KV heads (vLLM replicates KV heads when TP exceeds them); pipeline parallel
+(PP) spans nodes, one stage per node, at most the layer count. `serve` and `offline` run one engine
+over the fewest nodes that fit; `replicas` runs independent engines, each inside one node.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+from hpcbench.config.errors import UserError
+from hpcbench.config.model import ModelSpec
+from hpcbench.config.site import Site
+
+GB = 1e9
+GiB = float(2**30)
+DTYPE_BYTES = {"float32": 4, "fp32": 4, "bfloat16": 2, "bf16": 2, "float16": 2, "fp16": 2, "half": 2,
+               "fp8": 1, "float8": 1, "int8": 1, "fp4": 0.5, "nvfp4": 0.5, "int4": 0.5}
+Mode = Literal["serve", "replicas", "offline"]
+
+
+class PlanError(UserError):
+    """The request cannot be served on this site; the message carries the numbers."""
+
+
+def dtype_bytes(dtype: str) -> float:
+    try:
+        return DTYPE_BYTES[dtype.lower()]
+    except KeyError:
+        raise UserError(f"unknown dtype {dtype!r}; known: {', '.join(DTYPE_BYTES)}") from None
+
+
+@dataclass(frozen=True)
+class Arithmetic:
+    """The raw numbers, in the seed table's units (weights in GB, KV in GiB)."""
+
+    dtype_bytes: float
+    weights_gb: float
+    kv_bytes_per_token: int
+    context_tokens: int
+    kv_cache_gib: float
+    accelerator_memory_gib: float
+    accelerators_for_weights: int
+    accelerators_for_full_context: int
+
+
+def arithmetic(model: ModelSpec, site: Site, context: int, dtype: str) -> Arithmetic:
+    b = dtype_bytes(dtype)
+    weights_gb = model.params_b * 1e9 * b / GB
+    kv_per_token = int(2 * model.layers * model.kv_heads * model.head_dim * b)
+    kv_gib = kv_per_token * context / GiB
+    mem = site.node.memory_gib
+    return Arithmetic(
+        dtype_bytes=b,
+        weights_gb=round(weights_gb, 2),
+        kv_bytes_per_token=kv_per_token,
+        context_tokens=context,
+        kv_cache_gib=round(kv_gib, 2),
+        accelerator_memory_gib=mem,
+        accelerators_for_weights=math.ceil(round(weights_gb / mem, 9)),
+        # The seed adds GB of weights to GiB of KV; kept so its table is reproduced exactly.
+        accelerators_for_full_context=math.ceil(round((weights_gb + kv_gib) / mem, 9)),
+    )
+
+
+@dataclass
+class Plan:
+    site: str
+    model: str
+    mode: Mode
+    dtype: str
+    max_model_len: int
+    kv_tokens_wanted: int
+    tp: int
+    pp: int
+    nodes: int
+    replicas: int
+    replicas_per_node: int
+    accelerators_per_replica: int
+    accelerators_used: int
+    accelerators_held: int
+    usable_gib_per_accelerator: float
+    weights_gib_per_accelerator: float
+    kv_room_gib_per_replica: float
+    kv_tokens_per_replica: int
+    full_sequences_per_replica: int
+    backend: str
+    engine_ready_timeout_s: int
+    arithmetic: Arithmetic
+    reasons: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def valid_tp_sizes(model: ModelSpec, per_node: int) -> list[int]:
+    return [t for t in range(1, per_node + 1)
+            if model.heads % t == 0 and (model.kv_heads % t == 0 or t % model.kv_heads == 0)]
+
+
+def _check_tp(model: ModelSpec, tp: int, per_node: int) -> None:
+    if model.heads % tp:
+        raise PlanError(f"TP {tp} does not divide the {model.heads} attention heads of {model.name}")
+    if model.kv_heads % tp and tp % model.kv_heads:
+        raise PlanError(f"TP {tp} neither divides nor is a multiple of the {model.kv_heads} KV heads "
+                        f"of {model.name}")
+    if tp > per_node:
+        raise PlanError(f"TP {tp} exceeds the {per_node} accelerators of one node (TP stays within a node)")
+
+
+@dataclass(frozen=True)
+class _Fit:
+    usable: float          # bytes per accelerator the engine may use
+    weights: float         # bytes of weights per accelerator
+    kv_room: float         # bytes for KV cache per replica
+    kv_tokens: int         # tokens that room holds
+
+
+def _fit(model: ModelSpec, site: Site, a: Arithmetic, tp: int, pp: int) -> _Fit:
+    usable = site.node.memory_gib * GiB * site.engine.gpu_memory_utilization - site.engine.overhead_gib * GiB
+    weights = a.weights_gb * GB / (tp * pp)
+    kv_room = max(0.0, usable - weights) * tp * pp
+    # Beyond kv_heads, TP replicates KV heads: each token's cache is stored tp/kv_heads times.
+    per_token = a.kv_bytes_per_token * max(1.0, tp / model.kv_heads)
+    return _Fit(usable, weights, kv_room, int(kv_room // per_token))
+
+
+def engine_timeout(site: Site, a: Arithmetic) -> int:
+    """Loading time budget: the site's, else 5 min plus 6 s per GB of weights (405B: ~86 min)."""
+    return site.engine.ready_timeout_s or int(300 + 6 * a.weights_gb)
+
+
+def plan(model: ModelSpec, site: Site, *, max_model_len: int | None = None, dtype: str | None = None,
+         mode: Mode = "serve", nodes: int | None = None, tp: int | None = None,
+         kv_tokens: int | None = None, concurrency: int = 1) -> Plan:
+    """Choose TP, PP, nodes and replicas. kv_tokens: tokens in flight the layout must hold
+    (default: concurrency full-length sequences)."""
+    dtype = dtype or site.engine.dtype
+    context = max_model_len or model.max_context
+    if context > model.max_context:
+        raise PlanError(f"max-model-len {context} exceeds {model.name}'s context of {model.max_context} tokens")
+    per_node = site.node.accelerators
+    limit = site.scheduler.max_nodes
+    if nodes is not None and nodes > limit:
+        raise PlanError(f"{nodes} nodes requested, but site {site.name} allows at most {limit} per job")
+    if nodes is not None and nodes < 1:
+        raise PlanError("--nodes must be at least 1")
+    a = arithmetic(model, site, context, dtype)
+    wanted = max(context, kv_tokens if kv_tokens is not None else concurrency * context)
+    reasons: list[str] = []
+    warnings: list[str] = []
+
+    if tp is not None:
+        _check_tp(model, tp, per_node)
+        tps = [tp]
+        reasons.append(f"TP {tp}: given")
+    else:
+        tps = valid_tp_sizes(model, per_node)
+
+    def build(t: int, p: int, n: int, reps_per_node: int, f: _Fit) -> Plan:
+        used = t * p * reps_per_node * (n if mode == "replicas" else 1)
+        if mode == "replicas":
+            replicas = reps_per_node * n
+        else:
+            replicas = 1
+        backend = site.engine.backend if p == 1 or site.engine.backend == "ray" else "ray"
+        if p > 1 and site.node.accelerator == "cpu":
+            raise PlanError("pipeline parallel across nodes needs the Ray executor, which vLLM's CPU "
+                            "platform refuses; on CPU sites use --mode replicas for several nodes")
+        return Plan(
+            site=site.name, model=model.name, mode=mode, dtype=dtype, max_model_len=context,
+            kv_tokens_wanted=wanted, tp=t, pp=p, nodes=n, replicas=replicas,
+            replicas_per_node=reps_per_node if mode == "replicas" else 1,
+            accelerators_per_replica=t * p, accelerators_used=used, accelerators_held=n * per_node,
+            usable_gib_per_accelerator=round(f.usable / GiB, 2),
+            weights_gib_per_accelerator=round(f.weights / GiB, 2),
+            kv_room_gib_per_replica=round(f.kv_room / GiB, 2), kv_tokens_per_replica=f.kv_tokens,
+            full_sequences_per_replica=f.kv_tokens // context, backend=backend,
+            engine_ready_timeout_s=engine_timeout(site, a), arithmetic=a, reasons=reasons,
+            warnings=warnings)
+
+    if mode == "replicas":
+        n = nodes or 1
+        for t in tps:
+            f = _fit(model, site, a, t, 1)
+            if f.kv_tokens >= context:
+                reps = per_node // t
+                share = math.ceil(wanted / (reps * n))
+                if f.kv_tokens < share:
+                    if t != tps[-1]:
+                        continue  # a larger TP gives each replica more room
+                    warnings.append(f"KV room holds {f.kv_tokens} tokens per replica; the load needs "
+                                    f"{share}: the engine will queue requests")
+                reasons.append(f"TP {t}: the smallest TP whose replica holds the weights and its share "
+                               f"of the load ({share} tokens); {reps} replica(s) per node x {n} node(s)")
+                reasons.append("PP 1: a replica stays within one node")
+                return build(t, 1, n, reps, f)
+        raise PlanError(_no_fit(model, site, a, context, "one node (a replica must fit in one node; "
+                                "try --mode serve to span nodes)", per_node))
+
+    candidates = [nodes] if nodes else list(range(1, limit + 1))
+    best_fallback: tuple[int, int, int, _Fit] | None = None
+    for n in candidates:
+        if n > model.layers:
+            raise PlanError(f"{n} nodes would need PP {n}, more than the {model.layers} layers of {model.name}")
+        t = max(tps)
+        f = _fit(model, site, a, t, n)
+        if f.kv_tokens < context:
+            continue
+        if f.kv_tokens >= wanted:
+            if tp is None:
+                reasons.append(f"TP {t}: the largest TP within a node that divides {model.heads} "
+                               f"heads / {model.kv_heads} KV heads")
+            reasons.append(f"PP {n}: " + ("one node holds the weights and the load" if n == 1 else
+                           f"one stage per node; {n} nodes are the fewest that hold "
+                           f"{a.weights_gb:g} GB of weights and {wanted} tokens of KV cache"))
+            return build(t, n, n, 1, f)
+        if best_fallback is None:
+            best_fallback = (t, n, n, f)
+    if best_fallback is not None:
+        t, p, n, f = best_fallback
+        warnings.append(f"KV room holds {f.kv_tokens} tokens; the requested load needs {wanted}: the "
+                        f"engine will queue requests (more nodes would help, the site allows {limit})")
+        reasons.append(f"TP {t}: the largest TP within a node dividing the heads")
+        reasons.append(f"PP {p}: the fewest nodes that hold the weights and one full sequence")
+        return build(t, p, n, 1, f)
+    where = f"{nodes} node(s)" if nodes else f"the {limit} node(s) site {site.name} allows"
+    raise PlanError(_no_fit(model, site, a, context, where, per_node * (nodes or limit)))
+
+
+def _no_fit(model: ModelSpec, site: Site, a: Arithmetic, context: int, where: str, accelerators: int) -> str:
+    usable = site.node.memory_gib * site.engine.gpu_memory_utilization - site.engine.overhead_gib
+    return (f"{model.name} does not fit on {where}: it needs {a.weights_gb:g} GB of weights plus "
+            f"{a.kv_cache_gib:g} GiB of KV cache for one {context}-token sequence "
+            f"({a.accelerators_for_full_context} x {site.node.memory_gib:g} GiB accelerators by the raw "
+            f"arithmetic), while {accelerators} accelerator(s) x {usable:.1f} GiB usable "
+            f"({site.engine.gpu_memory_utilization:g} of {site.node.memory_gib:g} GiB, less "
+            f"{site.engine.overhead_gib:g} GiB overhead) = {accelerators * usable:.1f} GiB")
