@@ -100,12 +100,15 @@ class Experiment:
     path: Path
 
     @classmethod
-    def create(cls, root: Path, site: str, model: str) -> "Experiment":
+    def allocate(cls, root: Path, site: str, model: str) -> "Experiment":
+        """A new, not yet created directory name; create() makes it once the job is known to be valid."""
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-        path = Path(root) / site / model / f"{stamp}-{secrets.token_hex(3)}"
-        (path / LOGS).mkdir(parents=True)
-        (path / RESULTS).mkdir()
-        return cls(path.resolve())
+        return cls((Path(root) / site / model / f"{stamp}-{secrets.token_hex(3)}").absolute())
+
+    def create(self) -> "Experiment":
+        (self.path / LOGS).mkdir(parents=True)
+        (self.path / RESULTS).mkdir()
+        return self
 
     def file(self, name: str) -> Path:
         return self.path / name

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
@@ -98,6 +97,12 @@ def model_path_for(model: ModelSpec, site: Site, override: str | None = None) ->
     return model.hf_id
 
 
+def default_python(site: Site) -> str:
+    """This interpreter for the local site; elsewhere `python3` as found inside the job, after the
+    site's modules and setup lines (a login node's interpreter path rarely exists on compute nodes)."""
+    return sys.executable if site.scheduler.kind == "local" else "python3"
+
+
 def tiny_model_dir() -> Path:
     """Where `hpcbench make-tiny-model` puts the local test model by default."""
     base = os.environ.get("HPCBENCH_MODELS") or os.path.join(
@@ -136,12 +141,12 @@ def resolve_job(*, site: Site, model: ModelSpec, sweep: Sweep, experiment: Path,
         p.engine_ready_timeout_s = engine_timeout_s
     return Job(
         experiment=str(experiment), site=site, model=model, model_path=path, mode=mode, plan=p, sweep=sweep,
-        python=site.python or sys.executable,
+        python=site.python or default_python(site),
         engine_args=engine_args(site, p, path, model.name),
         ports=Ports(ray=site.ray.port, engine=site.engine.port),
         timeouts=Timeouts(ray_s=site.ray.ready_timeout_s, engine_s=p.engine_ready_timeout_s),
         walltime=walltime or site.scheduler.walltime,
         account=account or site.scheduler.account, queue=queue or site.scheduler.queue,
-        job_name=f"hpcbench-{model.name}"[:63],
+        job_name=f"hpcb-{(model.aliases or [model.name])[0]}"[:63],
         secrets=list(site.secrets),
     )

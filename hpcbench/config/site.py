@@ -97,7 +97,7 @@ class Site(Strict):
     modules: ModulesSettings = Field(default_factory=ModulesSettings)
     env: dict[str, str] = Field(default_factory=dict)
     setup: list[str] = Field(default_factory=list, description="shell lines run after modules and env")
-    python: str | None = Field(None, description="interpreter inside the job; default: the submitting one")
+    python: str | None = Field(None, description="interpreter inside the job; default: python3 (local site: the submitting one)")
     network: NetworkSettings = Field(default_factory=NetworkSettings)
     ray: RaySettings = Field(default_factory=RaySettings)
     engine: EngineSettings = Field(default_factory=EngineSettings)

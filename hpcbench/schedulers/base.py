@@ -16,7 +16,8 @@ from typing import Callable
 
 from hpcbench.config.errors import UserError
 
-Runner = Callable[[list[str]], subprocess.CompletedProcess]
+# run(argv, cwd=None): tests pass a replaying runner with the same signature.
+Runner = Callable[..., subprocess.CompletedProcess]
 
 
 class JobState(str, Enum):
@@ -52,11 +53,13 @@ class SchedulerError(UserError):
     """The scheduler refused or failed; carries its own message."""
 
 
-def run_command(cmd: list[str]) -> subprocess.CompletedProcess:
+def run_command(cmd: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess:
     try:
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=cwd)
     except FileNotFoundError:
         raise SchedulerError(f"{cmd[0]}: command not found (is this a login node of the right cluster?)") from None
+    except NotADirectoryError:
+        raise SchedulerError(f"cannot submit from {cwd}: not a directory") from None
     except subprocess.TimeoutExpired:
         raise SchedulerError(f"{' '.join(cmd[:2])} did not answer within 120 s") from None
 
@@ -87,11 +90,12 @@ class Scheduler(ABC):
         return proc.stdout
 
 
-def get_scheduler(kind: str, run: Runner = run_command) -> Scheduler:
+def get_scheduler(kind: str, run: Runner = run_command, accounting: str = "auto") -> Scheduler:
+    """The scheduler module for kind; accounting (auto|yes|no) matters to Slurm only."""
     if kind == "slurm":
         from hpcbench.schedulers.slurm import SlurmScheduler
 
-        return SlurmScheduler(run)
+        return SlurmScheduler(run, accounting)
     if kind == "pbs":
         from hpcbench.schedulers.pbs import PBSScheduler
 

@@ -1,0 +1,62 @@
+"""One Jinja environment for batch scripts: render(job) -> the text of job.sh.
+
+Every value from a config reaches the script through a filter: `q` shell-quotes it (spaces, quotes,
+$(...), backticks and newlines stay literal data), `directive` admits it into a scheduler header
+line (#SBATCH/#PBS lines are parsed by sbatch/qsub, not by the shell, so they cannot be quoted:
+control characters such as newlines, which would end the comment and start a command, are refused).
+"""
+
+from __future__ import annotations
+
+import shlex
+from importlib import resources
+from typing import Any
+
+import jinja2
+
+from hpcbench import __version__
+from hpcbench.config.errors import UserError
+from hpcbench.config.job import Job
+from hpcbench.config.site import format_walltime, parse_walltime
+from hpcbench.launchers import node_prefix
+
+
+def shell_quote(value: Any) -> str:
+    if value is None or isinstance(value, jinja2.Undefined):
+        raise UserError("a value rendered into the batch script is missing")
+    return shlex.quote(str(value))
+
+
+def directive(value: Any) -> str:
+    text = str(value)
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in text):
+        raise UserError(f"value {text!r} cannot go into a scheduler header: it holds a control character "
+                        "(newline, tab, ...)")
+    return text
+
+
+def comment(value: Any) -> str:
+    """Text for a `# ...` line: control characters would end the comment, so they are escaped."""
+    return "".join(ch if ord(ch) >= 32 and ord(ch) != 127 else repr(ch)[1:-1] for ch in str(value))
+
+
+def environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(resources.files("hpcbench.templates"))),
+        undefined=jinja2.StrictUndefined, keep_trailing_newline=True, trim_blocks=True,
+        lstrip_blocks=True, autoescape=False,
+        # Bash uses {# (as in ${#array[@]}), so Jinja comments take a spelling bash never does.
+        comment_start_string="{%#", comment_end_string="#%}")
+    env.filters["q"] = shell_quote
+    env.filters["directive"] = directive
+    env.filters["comment"] = comment
+    return env
+
+
+def render_job(job: Job) -> str:
+    """The batch script for job, for its site's scheduler."""
+    template = environment().get_template(f"{job.site.scheduler.kind}.sh.j2")
+    return template.render(job=job, site=job.site, plan=job.plan, version=__version__,
+                           node_prefix=node_prefix(job.site.launcher),
+                           walltime_s=parse_walltime(job.walltime),
+                           walltime_hms=format_walltime(parse_walltime(job.walltime)))

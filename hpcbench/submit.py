@@ -1,0 +1,111 @@
+"""`hpcbench submit`: plan -> Job -> rendered script -> experiment directory -> scheduler.
+
+Everything that can be refused (unknown names, impossible plans, bad values) is refused before a
+directory is created or anything is queued.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import sys
+from pathlib import Path
+
+from hpcbench.config import load_site, load_sweep, resolve_model
+from hpcbench.config.errors import UserError
+from hpcbench.config.job import Job, resolve_job
+from hpcbench.experiment import CONFIG, JOB_SCRIPT, SUBMIT, Experiment, atomic_write, default_root, utc_now, write_json
+from hpcbench.render import render_job
+from hpcbench.schedulers.base import SchedulerError, get_scheduler
+
+
+def default_sweep(accelerator: str) -> str:
+    return "smoke" if accelerator == "cpu" else "aurora-fom"
+
+
+def _check_root(root: Path) -> None:
+    # Scheduler headers (#SBATCH --output=, #PBS -o) cannot quote a path.
+    if re.search(r"\s", str(root.absolute())):
+        raise UserError(f"experiments root {str(root)!r} contains white space, which batch-script headers "
+                        "cannot carry; choose another --root")
+
+
+def submit(args: argparse.Namespace) -> int:
+    if args.resume:
+        return resume(Path(args.resume), args)
+    site = load_site(args.site)
+    model = resolve_model(args.model)
+    sweep = load_sweep(args.sweep or default_sweep(site.node.accelerator))
+    root = args.root or default_root()
+    _check_root(root)
+    exp = Experiment.allocate(root, site.name, model.name)
+    job = resolve_job(site=site, model=model, sweep=sweep, experiment=exp.path, mode=args.mode,
+                      nodes=args.nodes, tp=args.tp, max_model_len=args.max_model_len, dtype=args.dtype,
+                      account=args.account, queue=args.queue, walltime=args.walltime,
+                      model_path=args.model_path, engine_timeout_s=args.engine_timeout)
+    script = render_job(job)
+    if args.dry_run:
+        print(script, end="")
+        print(f"# dry run: would create {exp.path} and submit with {site.scheduler.kind}; nothing submitted",
+              file=sys.stderr)
+        return 0
+    if model.local:
+        _ensure_tiny_model(job)
+    exp.create()
+    atomic_write(exp.file(JOB_SCRIPT), script)
+    job.save(exp.file(CONFIG))
+    return _submit(exp, job, args)
+
+
+def resume(path: Path, args: argparse.Namespace) -> int:
+    """Submit an experiment's own job.sh again: the sweep skips the points already in points.csv."""
+    exp = Experiment(path.absolute())
+    if not exp.file(CONFIG).is_file() or not exp.file(JOB_SCRIPT).is_file():
+        raise UserError(f"{path} is not an experiment directory (no {CONFIG} and {JOB_SCRIPT})")
+    job = Job.load(exp.file(CONFIG))
+    record = exp.submit_record() or {}
+    if record.get("job_id"):
+        from hpcbench.status import job_states
+
+        state = job_states([exp])[exp.path]
+        if not state.state.terminal and state.state.value != "unknown":
+            raise UserError(f"{path} is still {state.state.value} as job {record['job_id']}; cancel it first")
+    for marker in ("finished", "phase.json"):
+        exp.file(marker).unlink(missing_ok=True)
+    return _submit(exp, job, args, previous=record)
+
+
+def _ensure_tiny_model(job: Job) -> None:
+    from hpcbench.runtime.tiny_model import make_tiny_model
+
+    path = Path(job.model_path)
+    if not (path / "config.json").is_file():
+        print(f"hpcbench: making the tiny model in {path}", file=sys.stderr)
+        make_tiny_model(path)
+
+
+def _submit(exp: Experiment, job: Job, args: argparse.Namespace, previous: dict | None = None) -> int:
+    sched = get_scheduler(job.site.scheduler.kind, accounting=job.site.scheduler.accounting)
+    try:
+        result = sched.submit(exp.file(JOB_SCRIPT), workdir=exp.path, pass_env=job.secrets)
+    except SchedulerError:
+        if previous is None:
+            shutil.rmtree(exp.path, ignore_errors=True)  # nothing ran: leave no orphan directory
+        raise
+    history = list((previous or {}).get("history", []))
+    if previous and previous.get("job_id"):
+        history.append({k: previous.get(k) for k in ("job_id", "submitted")})
+    write_json(exp.file(SUBMIT), {
+        "scheduler": sched.kind, "job_id": result.job_id, "command": result.command, "submitted": utc_now(),
+        "site": job.site.name, "model": job.model.name, "nodes": job.plan.nodes, "mode": job.mode,
+        "sweep": job.sweep.name, "accounting": job.site.scheduler.accounting, "history": history})
+    exp.set_phase("submitted", f"job {result.job_id}")
+    print(f"submitted job {result.job_id} ({sched.kind}) for {job.model.name} on {job.site.name}: "
+          f"TP {job.plan.tp} x PP {job.plan.pp}, {job.plan.nodes} node(s), {job.plan.replicas} replica(s)")
+    print(f"experiment: {exp.path}")
+    if getattr(args, "wait", False):
+        from hpcbench.status import follow
+
+        return follow(exp)
+    return 0
