@@ -1,11 +1,25 @@
-"""Typed, validated configuration: sites, models, sweeps and the resolved job."""
+"""Typed, validated configuration: sites, models, sweeps and the resolved job.
+
+Names are imported on first use (PEP 562), so `hpcbench --help` never loads pydantic or YAML.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 from hpcbench.config.errors import ConfigError, UserError
-from hpcbench.config.model import ModelSpec, load_models, resolve_model
-from hpcbench.config.site import Site, load_site, site_names
-from hpcbench.config.sweep import Scenario, Sweep, SweepPoint, load_sweep, sweep_names
 
-__all__ = [
-    "ConfigError", "UserError", "ModelSpec", "load_models", "resolve_model", "Site", "load_site",
-    "site_names", "Scenario", "Sweep", "SweepPoint", "load_sweep", "sweep_names",
-]
+_LAZY = {
+    "ModelSpec": "model", "load_models": "model", "resolve_model": "model",
+    "Site": "site", "load_site": "site", "site_names": "site",
+    "Scenario": "sweep", "Sweep": "sweep", "SweepPoint": "sweep", "load_sweep": "sweep", "sweep_names": "sweep",
+}
+
+__all__ = ["ConfigError", "UserError", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"hpcbench.config.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'hpcbench.config' has no attribute {name!r}")
