@@ -1,0 +1,115 @@
+"""Rendered batch scripts: every built-in site x mode passes real shellcheck; config values stay data."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hpcbench.config import UserError, load_site, load_sweep, resolve_model, site_names
+from hpcbench.config.job import resolve_job
+from hpcbench.render import environment, render_job
+
+ROOT = Path(__file__).resolve().parents[1]
+TEST_SITES = ROOT / "tests" / "sites"
+NASTY = {
+    "SPACES": "a b  c",
+    "QUOTES": "it's \"quoted\"",
+    "SUBST": "$(touch PWNED_SUBST)",
+    "BACKTICK": "`touch PWNED_TICK`",
+    "NEWLINE": "line1\nline2; touch PWNED_NL",
+    "DOLLAR": "$HOME ${PATH}",
+}
+
+
+def shellcheck(text: str, tmp_path: Path) -> subprocess.CompletedProcess:
+    assert shutil.which("shellcheck"), "shellcheck is missing: run scripts/install-deps.sh"
+    script = tmp_path / "job.sh"
+    script.write_text(text)
+    return subprocess.run(["shellcheck", "-s", "bash", str(script)], capture_output=True, text=True)
+
+
+def job_for(site: str, model: str, sweep: str, tmp_path: Path, **kw):
+    return resolve_job(site=load_site(site), model=resolve_model(model), sweep=load_sweep(sweep),
+                       experiment=tmp_path / "exp", account=kw.pop("account", "PROJ"), **kw)
+
+
+CASES = [(s, m, sw, mode) for s in ("aurora", "polaris", "slurm-h100", "slurm-gb200")
+         for m, sw, mode in (("405b", "aurora-fom", "serve"), ("70b", "meta-concurrency", "replicas"),
+                             ("8b", "alcf-offline-grid", "offline"), ("70b", "nvidia-usecases", "serve"))] + [
+    ("local", "tiny", "smoke", "serve"), ("local", "tiny", "smoke", "replicas"),
+    (str(TEST_SITES / "slurm-local.yaml"), "tiny", "smoke", "replicas"),
+]
+
+
+@pytest.mark.parametrize("site, model, sweep, mode", CASES)
+def test_every_site_and_scenario_passes_shellcheck(site, model, sweep, mode, tmp_path):
+    try:
+        job = job_for(site, model, sweep, tmp_path, mode=mode)
+    except UserError as exc:  # e.g. 405B on one Polaris node range: the refusal itself must be clear
+        assert "does not fit" in str(exc) or "node" in str(exc)
+        pytest.skip(f"plan refused, as it should: {exc}")
+    text = render_job(job)
+    out = shellcheck(text, tmp_path)
+    assert out.returncode == 0, out.stdout
+    assert f"TP {job.plan.tp} x PP {job.plan.pp}" in text
+
+
+def test_aurora_405b_script_has_planned_nodes_modules_and_env(tmp_path):
+    text = render_job(job_for("aurora", "405b", "aurora-fom", tmp_path))
+    assert "#PBS -l select=2\n" in text and "#PBS -A PROJ\n" in text
+    assert "#PBS -l filesystems=home:flare\n" in text and "#PBS -l place=scatter\n" in text
+    assert "module load frameworks\n" in text and "export ZE_FLAT_DEVICE_HIERARCHY=FLAT\n" in text
+    assert "--tensor-parallel-size 8 --pipeline-parallel-size 2" in text
+    assert "mpiexec -n 1 --ppn 1 --hosts" in text and ".hsn.cm.aurora.alcf.anl.gov" in text
+
+
+def test_slurm_header(tmp_path):
+    text = render_job(job_for("slurm-h100", "405b", "aurora-fom", tmp_path, queue="gpu"))
+    for line in ("#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=1", "#SBATCH --gpus-per-node=4",
+                 "#SBATCH --account=PROJ", "#SBATCH --partition=gpu", "#SBATCH --exclusive",
+                 "#SBATCH --signal=B:USR1@90"):
+        assert line + "\n" in text
+    assert "srun --nodes=1 --ntasks=1 --overlap --nodelist" in text
+
+
+def test_pbs_requires_account(tmp_path):
+    with pytest.raises(UserError, match="requires a project: pass --account"):
+        job_for("aurora", "405b", "aurora-fom", tmp_path, account=None)
+
+
+def test_env_values_stay_literal_data(tmp_path):
+    """Each hostile value is exported byte for byte and nothing in it runs."""
+    site_file = tmp_path / "nasty.yaml"
+    import yaml
+
+    site_file.write_text(yaml.safe_dump({"extends": "local", "env": NASTY, "hf_home": "/x/$(touch PWNED_HF)"}))
+    job = job_for(str(site_file), "tiny", "smoke", tmp_path)
+    fragment = environment().get_template("_env.sh.j2").render(job=job, site=job.site, plan=job.plan)
+    dump = f"{sys.executable} -c 'import os, json; print(json.dumps(dict(os.environ)))'"
+    out = subprocess.run(["bash", "-c", f"set -euo pipefail\n{fragment}\n{dump}"], capture_output=True,
+                         text=True, cwd=tmp_path, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    assert out.returncode == 0, out.stderr
+    seen = json.loads(out.stdout)
+    for name, value in NASTY.items():
+        assert seen[name] == value
+    assert seen["HF_HOME"] == "/x/$(touch PWNED_HF)"
+    assert not list(tmp_path.glob("PWNED*"))
+    assert shellcheck(render_job(job), tmp_path).returncode == 0
+
+
+@pytest.mark.parametrize("field", ["account", "queue"])
+def test_header_values_cannot_break_out(field, tmp_path):
+    with pytest.raises(UserError, match="control character"):
+        render_job(job_for("slurm-h100", "70b", "smoke", tmp_path, **{field: "x\ntouch PWNED"}))
+    # Without a newline, shell syntax in a header value is inert text on a #SBATCH line.
+    text = render_job(job_for("slurm-h100", "70b", "smoke", tmp_path, **{field: "$(touch PWNED)"}))
+    assert all(line.startswith("#") for line in text.splitlines() if "PWNED" in line)
+
+
+def test_secret_names_not_values_in_script(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_plantedSecretValue123")
+    text = render_job(job_for("slurm-h100", "70b", "smoke", tmp_path))
+    assert "HF_TOKEN" in text and "hf_plantedSecretValue123" not in text
