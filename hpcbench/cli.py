@@ -70,7 +70,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from hpcbench.plan import plan
     from hpcbench.plan_report import format_plan
 
-    p = plan(resolve_model(args.model), load_site(args.site), max_model_len=args.max_model_len,
+    p = plan(resolve_model(args.model or "tiny"), load_site(args.site or "local"), max_model_len=args.max_model_len,
              dtype=args.dtype, mode=args.mode, nodes=args.nodes, tp=args.tp, concurrency=args.concurrency)
     print(json.dumps(p.to_dict(), indent=2) if args.json else format_plan(p))
     return 0
@@ -134,8 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     def plan_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--site", default="local", help="site name or YAML path (default: local)")
-        p.add_argument("--model", default="tiny", help="catalog name or alias, e.g. 405b (default: tiny)")
+        p.add_argument("--site", help="site name or YAML path (default: local)")
+        p.add_argument("--model", help="catalog name or alias, e.g. 405b (default: tiny)")
         p.add_argument("--mode", choices=["serve", "replicas", "offline"], default=None,
                        help="serve: one engine over the nodes; replicas: one engine per node or GPU group; "
                             "offline: vllm.LLM in-process")

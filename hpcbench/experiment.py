@@ -46,6 +46,10 @@ REQUESTS_JSONL = "results/requests.jsonl"
 PHASES = ("submitted", "starting", "ray", "loading", "ready", "sweeping", "done", "failed")
 
 
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
 def utc_now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -60,6 +64,7 @@ def atomic_write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; colleagues on the project should read results
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
             fh.flush()

@@ -176,7 +176,9 @@ def plan(model: ModelSpec, site: Site, *, max_model_len: int | None = None, dtyp
             replicas = reps_per_node * n
         else:
             replicas = 1
-        backend = site.engine.backend if p == 1 or site.engine.backend == "ray" else "ray"
+        # Ray only where the engine spans nodes; a replica's workers stay on its node, and under the
+        # job-wide Ray cluster they could be placed on another replica's GPUs.
+        backend = "ray" if p > 1 else ("mp" if mode == "replicas" else site.engine.backend)
         if p > 1 and site.node.accelerator == "cpu":
             raise PlanError("pipeline parallel across nodes needs the Ray executor, which vLLM's CPU "
                             "platform refuses; on CPU sites use --mode replicas for several nodes")

@@ -8,7 +8,7 @@ control characters such as newlines, which would end the comment and start a com
 
 from __future__ import annotations
 
-import shlex
+import re
 from importlib import resources
 from typing import Any
 
@@ -21,10 +21,22 @@ from hpcbench.config.site import format_walltime, parse_walltime
 from hpcbench.launchers import node_prefix
 
 
+SAFE = re.compile(r"[A-Za-z0-9_@%+=:,./-]+")
+
+
 def shell_quote(value: Any) -> str:
+    """A bash word that means exactly value. Escaped double quotes rather than single quotes, so
+    shellcheck does not take a literal `$(...)` for a forgotten expansion; $'...' for control characters."""
     if value is None or isinstance(value, jinja2.Undefined):
         raise UserError("a value rendered into the batch script is missing")
-    return shlex.quote(str(value))
+    text = str(value)
+    if SAFE.fullmatch(text):
+        return text
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in text):
+        body = "".join({"\\": "\\\\", "'": "\\'", "\n": "\\n", "\t": "\\t"}.get(ch) or
+                       (f"\\x{ord(ch):02x}" if ord(ch) < 32 or ord(ch) == 127 else ch) for ch in text)
+        return f"$'{body}'"
+    return '"' + re.sub(r'([\\"$`])', r"\\\1", text) + '"'
 
 
 def directive(value: Any) -> str:

@@ -24,6 +24,19 @@ def default_sweep(accelerator: str) -> str:
     return "smoke" if accelerator == "cpu" else "aurora-fom"
 
 
+def job_warnings(job: Job) -> list[str]:
+    """What is allowed but likely to disappoint: the planner's warnings, a walltime too short."""
+    from hpcbench.config.site import parse_walltime
+
+    out = list(job.plan.warnings)
+    wall = parse_walltime(job.walltime)
+    if job.timeouts.engine_s + job.timeouts.ray_s >= wall:
+        out.append(f"the walltime ({job.walltime}) is not longer than the time allowed to start Ray and load "
+                   f"the engine ({job.timeouts.ray_s} s + {job.timeouts.engine_s} s): the job may end while "
+                   "loading; raise --walltime or lower --engine-timeout")
+    return out
+
+
 def _check_root(root: Path) -> None:
     # Scheduler headers (#SBATCH --output=, #PBS -o) cannot quote a path.
     if re.search(r"\s", str(root.absolute())):
@@ -34,8 +47,8 @@ def _check_root(root: Path) -> None:
 def submit(args: argparse.Namespace) -> int:
     if args.resume:
         return resume(Path(args.resume), args)
-    site = load_site(args.site)
-    model = resolve_model(args.model)
+    site = load_site(args.site or "local")
+    model = resolve_model(args.model or "tiny")
     sweep = load_sweep(args.sweep or default_sweep(site.node.accelerator))
     root = args.root or default_root()
     _check_root(root)
@@ -45,6 +58,8 @@ def submit(args: argparse.Namespace) -> int:
                       account=args.account, queue=args.queue, walltime=args.walltime,
                       model_path=args.model_path, engine_timeout_s=args.engine_timeout)
     script = render_job(job)
+    for warning in job_warnings(job):
+        print(f"hpcbench: warning: {warning}", file=sys.stderr)
     if args.dry_run:
         print(script, end="")
         print(f"# dry run: would create {exp.path} and submit with {site.scheduler.kind}; nothing submitted",
@@ -60,6 +75,13 @@ def submit(args: argparse.Namespace) -> int:
 
 def resume(path: Path, args: argparse.Namespace) -> int:
     """Submit an experiment's own job.sh again: the sweep skips the points already in points.csv."""
+    ignored = [f"--{name.replace('_', '-')}" for name in ("site", "model", "sweep", "mode", "nodes", "tp", "max_model_len",
+               "dtype", "account", "queue", "walltime", "model_path", "engine_timeout", "root")
+               if getattr(args, name, None) not in (None, False)]
+    if ignored:
+        raise UserError(f"--resume re-submits the experiment's own job.sh and config.yaml unchanged, so "
+                        f"{', '.join(ignored)} would be ignored; edit {path}/job.sh (its header) instead, "
+                        "or submit a new experiment")
     exp = Experiment(path.absolute())
     if not exp.file(CONFIG).is_file() or not exp.file(JOB_SCRIPT).is_file():
         raise UserError(f"{path} is not an experiment directory (no {CONFIG} and {JOB_SCRIPT})")

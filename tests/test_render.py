@@ -67,8 +67,9 @@ def test_aurora_405b_script_has_planned_nodes_modules_and_env(tmp_path):
 
 
 def test_slurm_header(tmp_path):
-    text = render_job(job_for("slurm-h100", "405b", "aurora-fom", tmp_path, queue="gpu"))
-    for line in ("#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=1", "#SBATCH --gpus-per-node=4",
+    job = job_for("slurm-h100", "405b", "aurora-fom", tmp_path, queue="gpu")
+    text = render_job(job)
+    for line in (f"#SBATCH --nodes={job.plan.nodes}", "#SBATCH --ntasks-per-node=1", "#SBATCH --gpus-per-node=4",
                  "#SBATCH --account=PROJ", "#SBATCH --partition=gpu", "#SBATCH --exclusive",
                  "#SBATCH --signal=B:USR1@90"):
         assert line + "\n" in text
@@ -113,3 +114,33 @@ def test_secret_names_not_values_in_script(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "hf_plantedSecretValue123")
     text = render_job(job_for("slurm-h100", "70b", "smoke", tmp_path))
     assert "HF_TOKEN" in text and "hf_plantedSecretValue123" not in text
+
+
+def test_shell_quote_round_trips_any_text():
+    import random
+
+    from hpcbench.render import shell_quote
+
+    rng = random.Random(7)
+    alphabet = "ab $`'\"\\\n\t!*?[]{}()<>|&;#~%\x01\x7fé"
+    values = ["", "-n", *("".join(rng.choice(alphabet) for _ in range(rng.randint(1, 12))) for _ in range(300))]
+    script = "".join(f"printf '%s\\0' {shell_quote(v)}\n" for v in values)
+    out = subprocess.run(["bash", "-c", script], capture_output=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.decode().split("\0")[:-1] == values
+
+
+def test_failure_before_the_driver_still_writes_the_exit_record(tmp_path):
+    """A broken setup line (a module that is not there, say) must not leave the job without a record."""
+    import yaml
+
+    site_file = tmp_path / "broken.yaml"
+    site_file.write_text(yaml.safe_dump({"extends": "local", "setup": ["false  # a failing setup line"]}))
+    job = job_for(str(site_file), "tiny", "smoke", tmp_path)
+    (tmp_path / "exp").mkdir()
+    script = tmp_path / "exp" / "job.sh"
+    script.write_text(render_job(job))
+    out = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0
+    record = json.loads((tmp_path / "exp" / "finished").read_text())
+    assert record["reason"] == "failed" and record["exit_code"] == out.returncode

