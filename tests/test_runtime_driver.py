@@ -66,7 +66,7 @@ def assert_nothing_left(ray_tmp: str, server_pgids: list[int]) -> None:
 
 def server_pgids(exp: Path) -> list[int]:
     try:
-        return [int(x) for x in (exp / ".server-pgids").read_text().split()]
+        return [int(x) for f in exp.glob(".server-pgids-*") for x in f.read_text().split()]
     except (OSError, ValueError):
         return []
 

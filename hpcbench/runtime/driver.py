@@ -23,7 +23,10 @@ from hpcbench.experiment import CONFIG, Experiment, atomic_write, utc_now
 from hpcbench.runtime import engine, provenance
 from hpcbench.runtime.cluster import ClusterError, wait_for_cluster
 
-PGIDS_FILE = ".server-pgids"  # read by the batch script's teardown if this driver is killed
+def pgids_file(job_id: str) -> str:
+    """Read by the batch script's teardown if this driver is killed. Named per job: a resumed job may
+    start in the same directory while the previous one is still tearing down."""
+    return f".server-pgids-{job_id}"
 SWEEP_JOIN_S = 60.0
 
 
@@ -102,8 +105,8 @@ def gpus_per_node(job: Job) -> int:
     return job.plan.accelerators_used // max(1, job.plan.nodes)
 
 
-def _record_pgids(exp: Experiment, servers: list[engine.Server]) -> None:
-    atomic_write(exp.file(PGIDS_FILE), "".join(f"{s.proc.pid}\n" for s in servers))
+def _record_pgids(exp: Experiment, job_id: str, servers: list[engine.Server]) -> None:
+    atomic_write(exp.file(pgids_file(job_id)), "".join(f"{s.proc.pid}\n" for s in servers))
 
 
 class Run:
@@ -137,7 +140,7 @@ class Run:
         for spec in specs:
             spec.env = {**job.site.env, **spec.env}
         self.servers = engine.launch(specs, self.exp.logs)
-        _record_pgids(self.exp, self.servers)
+        _record_pgids(self.exp, self.env.job_id, self.servers)
         self.prov["engines"] = [{**d, "env": provenance.redact_env(d["env"], list(job.secrets))}
                                 for d in engine.describe(self.servers)]
         provenance.write(self.exp, self.prov)
@@ -235,7 +238,7 @@ class Run:
         if self.servers:
             say(f"stopping {len(self.servers)} server(s)")
             engine.stop_servers(self.servers)
-            _record_pgids(self.exp, [])
+            _record_pgids(self.exp, self.env.job_id, [])
 
 
 def _summary(result: Any) -> str:

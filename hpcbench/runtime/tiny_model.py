@@ -7,6 +7,11 @@ byte-level BPE tokenizer. Everything is seeded, so two machines make the same fi
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
+
 import json
 import os
 import shutil

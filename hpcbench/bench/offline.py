@@ -1,0 +1,102 @@
+"""Offline throughput (ALCF benchmark_fom.py): vllm.LLM in-process, batches of exact-length prompts.
+
+throughput = (input + output tokens) x batch / elapsed. The caller must be a `__main__`-guarded script
+or `python -m` module: vLLM spawns worker processes.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from typing import Any
+
+from hpcbench.bench import prompts
+from hpcbench.bench.metrics import Sample, point_metrics
+from hpcbench.bench.rows import SweepResult, append_requests, append_row, done_points, provenance
+from hpcbench.config.job import Job
+from hpcbench.config.sweep import SweepPoint
+from hpcbench.experiment import Experiment, utc_now
+
+
+def make_llm(job: Job) -> Any:
+    from vllm import LLM
+
+    p = job.plan
+    return LLM(model=job.model_path, tensor_parallel_size=p.tp, pipeline_parallel_size=p.pp,
+               max_model_len=p.max_model_len, dtype=p.dtype)
+
+
+def _generate(llm: Any, batch: list[list[int]], output_len: int) -> tuple[list[Any], float]:
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    sp = SamplingParams(max_tokens=output_len, min_tokens=output_len, ignore_eos=True, temperature=0.0)
+    inputs = [TokensPrompt(prompt_token_ids=ids) for ids in batch]
+    t0 = time.perf_counter()
+    outs = llm.generate(inputs, sp, use_tqdm=False)
+    return outs, time.perf_counter() - t0
+
+
+def run_offline_point(job: Job, exp: Experiment, llm: Any, point: SweepPoint, ids: list[int]) -> dict[str, Any]:
+    """Batches of `concurrency` prompts until num_requests are done; one row."""
+    started = utc_now()
+    batch = point.concurrency or 1
+    seed = prompts.seed_for(job.sweep.name, point.point_id, "measured")
+    all_prompts = prompts.token_prompts(point.num_requests, point.input_len, ids, seed)
+    if point.scenario.warmup:
+        warm = prompts.token_prompts(min(batch, point.scenario.warmup), point.input_len, ids,
+                                     prompts.seed_for(job.sweep.name, point.point_id, "warmup"))
+        _generate(llm, warm, point.output_len)
+    records, ok, elapsed = [], [], 0.0
+    for start in range(0, len(all_prompts), batch):
+        chunk = all_prompts[start:start + batch]
+        t_sent = time.time()
+        try:
+            outs, dt = _generate(llm, chunk, point.output_len)
+            error = None
+        except Exception as e:  # counted as failed requests in the row, not a crashed sweep
+            outs, dt, error = [None] * len(chunk), 0.0, f"{type(e).__name__}: {e}"
+            print(f"[{point.point_id}] generate failed: {error}", file=sys.stderr, flush=True)
+        elapsed += dt
+        for k, o in enumerate(outs):
+            pt = len(o.prompt_token_ids) if o is not None else None
+            ot = len(o.outputs[0].token_ids) if o is not None else 0
+            ok.append(Sample(ok=o is not None, prompt_tokens=pt, output_tokens=ot))
+            records.append({"point_id": point.point_id, "index": start + k, "endpoint": "offline",
+                            "sent_at": round(t_sent, 6), "ttft_ms": None, "latency_ms": None, "itl_ms": None,
+                            "batch_elapsed_ms": round(dt * 1000, 3), "prompt_tokens": pt,
+                            "output_tokens": ot if o is not None else None, "error": error})
+    row = provenance(job, exp, point, "offline")
+    row.update(started_at=started, finished_at=utc_now())
+    row.update(point_metrics(ok, elapsed, job.plan.accelerators_held, input_len=point.input_len,
+                             output_len=point.output_len, slo=None))
+    append_requests(exp.requests_jsonl, records)
+    append_row(exp.points_csv, row)
+    print(f"[{point.point_id}] {row['completed']}/{len(ok)} done in {elapsed:.3f} s, "
+          f"{row['total_throughput']:.0f} tok/s", file=sys.stderr, flush=True)
+    return row
+
+
+def run_offline_sweep(job: Job, exp: Experiment, stop: threading.Event | None = None,
+                      llm: Any | None = None) -> SweepResult:
+    """Every offline point of job.sweep not yet in results/points.csv; stops between points."""
+    points = job.sweep.points()
+    done = done_points(exp.points_csv)
+    result = SweepResult(total=len(points), skipped=[p.point_id for p in points if p.point_id in done])
+    todo = [p for p in points if p.point_id not in done]
+    if todo and llm is None:
+        exp.set_phase("sweeping", "loading the model in-process", done=len(done), total=len(points))
+        llm = make_llm(job)
+    ids = prompts.usable_token_ids(job.model_path, job.model.vocab) if todo else []
+    for point in todo:
+        if stop is not None and stop.is_set():
+            result.stopped = True
+            break
+        exp.set_phase("sweeping", point.point_id, done=len(done), total=len(points))
+        row = run_offline_point(job, exp, llm, point, ids)
+        done.add(point.point_id)
+        result.ran.append(point.point_id)
+        result.failed_requests += int(row["failed"])
+    exp.set_phase("sweeping", "stopped" if result.stopped else "all points done", done=len(done), total=len(points))
+    return result

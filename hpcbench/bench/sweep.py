@@ -1,0 +1,108 @@
+"""Run a job's sweep against ready vLLM endpoints: one row per point, one JSON line per request."""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import urllib.request
+from typing import Any, Sequence
+
+from hpcbench.bench import client, prompts
+from hpcbench.bench.metrics import Sample, point_metrics, summary_ms
+from hpcbench.bench.progress import PointProgress
+from hpcbench.bench.rows import SweepResult, append_requests, append_row, done_points, provenance
+from hpcbench.config.job import Job
+from hpcbench.config.sweep import SweepPoint
+from hpcbench.experiment import Experiment, utc_now
+
+PATHS = {"completions": "/v1/completions", "chat": "/v1/chat/completions"}
+
+
+def served_model(endpoint: str, fallback: str) -> str:
+    """The name the server answers to (its first /v1/models entry), else the catalog name."""
+    try:
+        with urllib.request.urlopen(endpoint.rstrip("/") + "/v1/models", timeout=10) as r:
+            return json.load(r)["data"][0]["id"]
+    except Exception:
+        return fallback
+
+
+def build_requests(job: Job, point: SweepPoint, model: str, kind: str, n: int) -> list[client.Request]:
+    """n requests of the point, unique prompts; `kind` (measured, warmup) keeps the two sets apart."""
+    s = point.scenario
+    seed = prompts.seed_for(job.sweep.name, point.point_id, kind)
+    if s.api == "chat":
+        chats = prompts.chat_prompts(n, point.input_len, prompts.load_tokenizer(job.model_path), seed)
+        bodies = [client.chat_body(model, m, point.output_len, s.stream) for m in chats]
+    else:
+        ids = prompts.usable_token_ids(job.model_path, job.model.vocab)
+        bodies = [client.completions_body(model, p, point.output_len, s.stream)
+                  for p in prompts.token_prompts(n, point.input_len, ids, seed)]
+    return [client.Request(i, b, point.input_len, point.output_len) for i, b in enumerate(bodies)]
+
+
+def request_record(point_id: str, r: client.Result) -> dict[str, Any]:
+    ms = (lambda v: None if v is None else round(v * 1000, 3))
+    itl = summary_ms(r.itl)
+    return {"point_id": point_id, "index": r.index, "endpoint": r.endpoint, "sent_at": round(r.sent_at, 6),
+            "ttft_ms": ms(r.ttft), "latency_ms": ms(r.latency),
+            "itl_ms": {"n": len(r.itl), **{k: None if v is None else round(v, 3) for k, v in itl.items()},
+                       "max": ms(max(r.itl)) if r.itl else None},
+            "prompt_tokens": r.prompt_tokens, "output_tokens": r.output_tokens, "error": r.error}
+
+
+def run_point(job: Job, exp: Experiment, point: SweepPoint, endpoints: Sequence[str], model: str,
+              stop: threading.Event | None, balancer: client.Balancer) -> tuple[dict[str, Any], bool]:
+    """Run one point; returns its row and whether it was stopped (a stopped point writes nothing)."""
+    s = point.scenario
+    started = utc_now()
+    reqs = build_requests(job, point, model, "measured", point.num_requests)
+    warm = build_requests(job, point, model, "warmup", s.warmup) if s.warmup else []
+    bar = PointProgress(point.point_id, len(reqs))
+    outcome = client.run(client.run_requests(
+        endpoints, PATHS[s.api], reqs, concurrency=point.concurrency, rate=point.request_rate,
+        burstiness=s.burstiness, seed=prompts.seed_for(point.point_id, "arrivals"), stream=s.stream,
+        timeout_s=s.request_timeout_s, warmup=warm, stop=stop, balancer=balancer,
+        on_done=lambda r: bar.update(r.output_tokens, r.ok)))
+    bar.close()
+    if outcome.stopped:
+        return {}, True
+    samples = [Sample(ok=r.ok, prompt_tokens=r.prompt_tokens, output_tokens=r.output_tokens or 0,
+                      ttft=r.ttft, latency=r.latency, itl=r.itl) for r in outcome.results]
+    row = provenance(job, exp, point, s.api)
+    row.update(started_at=started, finished_at=utc_now())
+    row.update(point_metrics(samples, outcome.duration, job.plan.accelerators_held,
+                             input_len=point.input_len, output_len=point.output_len,
+                             slo=s.slo.model_dump(),
+                             achieved_rate=outcome.achieved_rate() if point.request_rate is not None else None))
+    errors = [r.error for r in outcome.results if not r.ok]
+    if errors:
+        print(f"[{point.point_id}] {len(errors)} failed requests; first: {errors[0]}", file=sys.stderr, flush=True)
+    append_requests(exp.requests_jsonl, [request_record(point.point_id, r) for r in outcome.results])
+    append_row(exp.points_csv, row)
+    return row, False
+
+
+def run_sweep(job: Job, exp: Experiment, endpoints: list[str], stop: threading.Event | None = None) -> SweepResult:
+    """Every point of job.sweep not yet in results/points.csv, against the endpoints (base URLs)."""
+    points = job.sweep.points()
+    done = done_points(exp.points_csv)
+    result = SweepResult(total=len(points), skipped=[p.point_id for p in points if p.point_id in done])
+    todo = [p for p in points if p.point_id not in done]
+    model = served_model(endpoints[0], job.model.name)
+    balancer = client.Balancer(endpoints)  # one for the sweep: its per-endpoint counts cover every point
+    for point in todo:
+        if stop is not None and stop.is_set():
+            result.stopped = True
+            break
+        exp.set_phase("sweeping", point.point_id, done=len(done), total=len(points))
+        row, stopped = run_point(job, exp, point, endpoints, model, stop, balancer)
+        if stopped:
+            result.stopped = True
+            break
+        done.add(point.point_id)
+        result.ran.append(point.point_id)
+        result.failed_requests += int(row["failed"])
+    exp.set_phase("sweeping", "stopped" if result.stopped else "all points done", done=len(done), total=len(points))
+    return result
