@@ -31,8 +31,9 @@ def merge(sched: JobStatus, record: dict | None) -> JobStatus:
             return JobStatus(sched.job_id, JobState.UNKNOWN, None,
                              f"{sched.detail}; no exit record (killed before it could write one?)", sched.source)
         return sched
-    if record.get("job_id") and record["job_id"] != sched.job_id:
+    if record.get("job_id") and str(record["job_id"]).split(".")[0] != sched.job_id.split(".")[0]:
         # Left by an earlier submission of this experiment (a resume), still tearing down: not ours.
+        # Ids compare by their sequence number: the local job knows only its pid, PBS ids may be cut.
         return merge(sched, None)
     exit_code = record.get("exit_code")
     said = REASONS.get(str(record.get("reason")), JobState.COMPLETED if exit_code == 0 else JobState.FAILED)

@@ -65,7 +65,7 @@ def submit(args: argparse.Namespace) -> int:
         print(f"# dry run: would create {exp.path} and submit with {site.scheduler.kind}; nothing submitted",
               file=sys.stderr)
         return 0
-    if model.local:
+    if model.local and not args.model_path:  # a path the user names is used as it is, never written
         _ensure_tiny_model(job)
     exp.create()
     atomic_write(exp.file(JOB_SCRIPT), script)

@@ -29,12 +29,21 @@ def sched(state: JobState, job_id: str = "7") -> JobStatus:
     (JobState.CANCELLED, {"exit_code": 143, "reason": "timeout", "job_id": "7"}, JobState.CANCELLED),
     (JobState.TIMEOUT, {"exit_code": 0, "reason": "completed", "job_id": "7"}, JobState.TIMEOUT),
     (JobState.RUNNING, {"exit_code": 1, "reason": "failed", "job_id": "7"}, JobState.FAILED),
+    (JobState.UNKNOWN, {"exit_code": 0, "reason": "completed", "job_id": "7"}, JobState.COMPLETED),
     # A record left by the previous submission of a resumed experiment is not this job's.
     (JobState.RUNNING, {"exit_code": 143, "reason": "cancelled", "job_id": "6"}, JobState.RUNNING),
     (JobState.UNKNOWN, {"exit_code": 143, "reason": "cancelled", "job_id": "6"}, JobState.UNKNOWN),
 ])
 def test_merge(said, record, expected):
     assert merge(sched(said), record).state == expected
+
+
+def test_merge_matches_the_local_pid_and_full_pbs_names():
+    record = {"exit_code": 0, "reason": "completed", "job_id": "4242"}
+    assert merge(sched(JobState.UNKNOWN, "4242.998877"), record).state == JobState.COMPLETED
+    pbs = {"exit_code": 0, "reason": "completed", "job_id": "123.aurora-pbs-0001.hostmgmt.cm.aurora.alcf.anl.gov"}
+    assert merge(sched(JobState.UNKNOWN, "123.aurora-pbs-0001"), pbs).state == JobState.COMPLETED
+    assert merge(sched(JobState.UNKNOWN, "124.aurora-pbs-0001"), pbs).state == JobState.UNKNOWN
 
 
 def test_local_scheduler_runs_tracks_and_cancels_a_real_process(tmp_path):
