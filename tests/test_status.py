@@ -29,7 +29,6 @@ def sched(state: JobState, job_id: str = "7") -> JobStatus:
     (JobState.CANCELLED, {"exit_code": 143, "reason": "timeout", "job_id": "7"}, JobState.CANCELLED),
     (JobState.TIMEOUT, {"exit_code": 0, "reason": "completed", "job_id": "7"}, JobState.TIMEOUT),
     (JobState.RUNNING, {"exit_code": 1, "reason": "failed", "job_id": "7"}, JobState.FAILED),
-    (JobState.UNKNOWN, {"exit_code": 0, "reason": "completed", "job_id": "7"}, JobState.COMPLETED),
     # A record left by the previous submission of a resumed experiment is not this job's.
     (JobState.RUNNING, {"exit_code": 143, "reason": "cancelled", "job_id": "6"}, JobState.RUNNING),
     (JobState.UNKNOWN, {"exit_code": 143, "reason": "cancelled", "job_id": "6"}, JobState.UNKNOWN),
