@@ -198,6 +198,9 @@ class Run:
         from hpcbench.bench.offline import make_llm, run_offline_sweep
 
         say("loading the model in-process (offline mode)")
+        # The environment a server of this job would get (on CPU: the KV cache space, without which
+        # vLLM reserves most of the machine's memory; thread binding for TP; the site's engine env).
+        os.environ.update(engine.server_env(self.job))
         llm = make_llm(self.job)
         self.mark_ready(time.monotonic() - self.t_start)
         if self.stop.is_set():
