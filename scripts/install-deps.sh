@@ -118,7 +118,8 @@ fi
 
 # The project, editable from this checkout, with every requirement of its extras satisfied.
 project_ready() {
-    "$PYTHON" - "$ROOT" "$EXTRAS" <<'EOF'
+    # From / so that `import hpcbench` finds the installed package, not this checkout by its cwd.
+    (cd / && "$PYTHON" - "$ROOT" "$EXTRAS") <<'EOF'
 import sys
 from importlib.metadata import PackageNotFoundError, distribution, version
 from pathlib import Path
