@@ -57,6 +57,11 @@ async def _completions(request) -> object:
         events.append(_event({"choices": [], "usage": usage}, spaced))
     events.append(b"data: [DONE]\n\n")
     data = b"".join(events)
+    if mode == "unterminated":  # no usage, no [DONE], and the last token event lacks its blank line
+        data = b"".join(events[:n])[:-2]
+        await resp.write(data)
+        await resp.write_eof()
+        return resp
     if mode == "crlf":
         data = data.replace(b"\n", b"\r\n")
     if mode == "split":  # 7-byte writes: events arrive cut at arbitrary places
@@ -122,6 +127,16 @@ def test_stream_parsing_counts_every_token(endpoints: list[Endpoint], mode: str)
         assert 0 < r.ttft <= r.latency <= r.end - r.start + 1e-9
         assert r.ttft + sum(r.itl) == pytest.approx(r.latency)
     assert out.start <= min(r.start for r in out.results) and out.end >= max(r.end for r in out.results)
+
+
+def test_last_event_without_its_blank_line_still_counts(endpoints: list[Endpoint]) -> None:
+    """A server that closes right after its last token event, without the blank line, usage or [DONE]."""
+    out = client.run(client.run_requests([endpoints[0].url], "/v1/completions", _reqs("unterminated", 2),
+                                         concurrency=1))
+    for r in out.results:
+        assert r.ok, r.error
+        assert r.token_events == 16 and r.output_tokens == 16 and len(r.itl) == 15
+        assert r.prompt_tokens is None  # no usage was sent: unknown, not guessed
 
 
 def test_body_forces_output_length_and_usage() -> None:

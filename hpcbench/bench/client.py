@@ -180,7 +180,9 @@ async def _send(session: Any, url: str, req: Request, res: Result, stream: bool,
         while True:
             chunk = await read()
             if not chunk:
-                break
+                if not buf.strip():
+                    break
+                chunk = b"\n\n"  # a last event without its blank line: end it, same path as the others
             now = perf_counter()
             if buf:
                 chunk = buf + chunk
@@ -198,15 +200,6 @@ async def _send(session: Any, url: str, req: Request, res: Result, stream: bool,
                         append(now - last)
                     last = now
                     events += 1
-        if buf.strip() and _parse_event(buf, res):  # a last event without its blank line
-            now = perf_counter()
-            if first:
-                first = False
-                res.ttft = now - st
-            else:
-                append(now - last)
-            last = now
-            events += 1
         res.end = perf_counter()
         res.token_events = events
         if first:
