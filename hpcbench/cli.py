@@ -159,8 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sweep", default=None, help="sweep name or YAML path (default: smoke on CPU sites, "
                                                  "aurora-fom elsewhere)")
     p.add_argument("--account", help="project/account to charge (PBS -A, Slurm --account)")
-    p.add_argument("--queue", help="PBS queue or Slurm partition")
-    p.add_argument("--walltime", help="HH:MM:SS (default: the site's)")
+    p.add_argument("--queue", help="PBS queue or Slurm partition (default: the site's, or the first row of its "
+                                   "queue table that takes the plan's nodes and walltime)")
+    p.add_argument("--walltime", help="HH:MM:SS, MM:SS or D-HH[:MM[:SS]] as Slurm reads them (default: the "
+                                      "site's); the driver stops in time and --resume runs the rest")
     p.add_argument("--model-path", help="local model folder or HF id to load instead of the catalog's")
     p.add_argument("--engine-timeout", type=int, help="seconds to wait for the engine to be ready")
     p.add_argument("--root", type=Path, help="experiments root (default: $HPCBENCH_ROOT or ./hpcbench-runs)")

@@ -19,6 +19,11 @@ from hpcbench.config.errors import UserError
 from hpcbench.config.job import Job
 from hpcbench.config.site import format_walltime, parse_walltime
 from hpcbench.launchers import node_prefix
+from hpcbench.runtime.cluster import RAY_DIR_PREFIX
+
+# Seconds the batch script needs after the driver ends: the exit record, then up to 10 s for the Ray
+# daemons to stop. The driver ends this long before the walltime (HPCBENCH_TEARDOWN_S).
+TEARDOWN_S = 20
 
 
 SAFE = re.compile(r"[A-Za-z0-9_@%+=:,./-]+")
@@ -68,7 +73,9 @@ def environment() -> jinja2.Environment:
 def render_job(job: Job) -> str:
     """The batch script for job, for its site's scheduler."""
     template = environment().get_template(f"{job.site.scheduler.kind}.sh.j2")
+    walltime_s = parse_walltime(job.walltime)
     return template.render(job=job, site=job.site, plan=job.plan, version=__version__,
-                           node_prefix=node_prefix(job.site.launcher),
-                           walltime_s=parse_walltime(job.walltime),
-                           walltime_hms=format_walltime(parse_walltime(job.walltime)))
+                           node_prefix=node_prefix(job.site.launcher, job.site.step_cpus),
+                           launcher_cpus=job.site.step_cpus, ray_dir_prefix=RAY_DIR_PREFIX,
+                           teardown_s=TEARDOWN_S, walltime_s=walltime_s,
+                           walltime_hms=format_walltime(walltime_s))

@@ -37,13 +37,18 @@ def test_pbs_script_runs_with_mpiexec_on_two_nodes(tiny_model, tmp_path):
     nodefile = tmp_path / "nodefile"
     # Two names for this machine, each listed twice as PBS does for several chunks per node.
     nodefile.write_text("localhost\nlocalhost\n{0}\n{0}\n".format(socket.gethostname()))
-    env = {**os.environ, "PBS_NODEFILE": str(nodefile), "PBS_JOBID": "4242.pbs-test",
-           "PBS_O_WORKDIR": str(tmp_path)}
+    # A job id as long as ALCF's: Ray's socket paths are built under a temp dir named from it.
+    job_id = "6617175.aurora-pbs-0001.hostmgmt.cm.aurora.alcf.anl.gov"
+    env = {**os.environ, "PBS_NODEFILE": str(nodefile), "PBS_JOBID": job_id, "PBS_O_WORKDIR": str(tmp_path)}
     out = subprocess.run(["bash", str(exp.file(JOB_SCRIPT))], env=env, capture_output=True, text=True,
                          timeout=900, stdin=subprocess.DEVNULL, cwd=tmp_path)
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
     record = json.loads(exp.file("finished").read_text())
-    assert record["exit_code"] == 0 and record["reason"] == "completed"
+    assert record["exit_code"] == 0 and record["reason"] == "completed" and record["final"] is True
+    assert record["job_id"] == job_id  # status matches the full id; paths use the short one
+    nodes = [json.loads(p.read_text()) for p in sorted(exp.logs.glob("node-*-ray.json"))]
+    assert len(nodes) == 2 and all(n["address"] == "127.0.0.1" for n in nodes)
+    assert "temp dir /tmp/hpcb-ray-6617175," in out.stdout
     assert "on 2 node(s): localhost " in out.stdout
     rows = list(csv.DictReader(exp.points_csv.open()))
     assert len(rows) == 2 and all(r["failed"] == "0" and r["replicas"] == "2" for r in rows)

@@ -36,7 +36,7 @@ def job_for(site: str, model: str, sweep: str, tmp_path: Path, **kw):
                        experiment=tmp_path / "exp", account=kw.pop("account", "PROJ"), **kw)
 
 
-CASES = [(s, m, sw, mode) for s in ("aurora", "polaris", "slurm-h100", "slurm-gb200")
+CASES = [(s, m, sw, mode) for s in ("aurora", "polaris", "slurm-h100", "slurm-gb200", "slurm-cuda", "slurm-rocm")
          for m, sw, mode in (("405b", "aurora-fom", "serve"), ("70b", "meta-concurrency", "replicas"),
                              ("8b", "alcf-offline-grid", "offline"), ("70b", "nvidia-usecases", "serve"))] + [
     ("local", "tiny", "smoke", "serve"), ("local", "tiny", "smoke", "replicas"),
@@ -59,7 +59,72 @@ def test_aurora_405b_script_has_planned_nodes_modules_and_env(tmp_path):
     assert "#PBS -l filesystems=home:flare\n" in text and "#PBS -l place=scatter\n" in text
     assert "module load frameworks\n" in text and "export ZE_FLAT_DEVICE_HIERARCHY=FLAT\n" in text
     assert "--tensor-parallel-size 8 --pipeline-parallel-size 2" in text
-    assert "mpiexec -n 1 --ppn 1 --hosts" in text and ".hsn.cm.aurora.alcf.anl.gov" in text
+    assert "mpiexec -n 1 --ppn 1 --hosts" in text and "-m hpcbench.runtime.node address" in text
+    # ALCF's current guide: vLLM finds the XPU itself (--device xpu was removed in vLLM 0.10), and
+    # remote code is not trusted unless a profile asks for it.
+    assert "--device" not in text and "--trust-remote-code" not in text and "#PBS -k doe\n" in text
+
+
+def test_every_node_finds_its_own_address_for_ray_and_vllm(tmp_path):
+    """Workers as well as the head start Ray through the node module, which puts the node's address in
+    --node-ip-address and VLLM_HOST_IP (multi-homed nodes: the default route is the wrong network)."""
+    job = job_for("aurora", "405b", "aurora-fom", tmp_path)
+    text = render_job(job)
+    assert job.site.network.address == "dns" and job.site.network.dns_suffix == ".hsn.cm.aurora.alcf.anl.gov"
+    starts = [line for line in text.splitlines() if "ray.scripts.scripts start" in line]
+    assert len(starts) == 1 and '--node-ip-address="{node_ip}"' in starts[0]  # one command for head and workers
+    assert 'hpcbench.runtime.node exec "$EXP" "$node" ray --' in text
+
+
+@pytest.mark.parametrize("site, model, walltime, queue", [
+    ("aurora", "8b", None, "debug"),               # 1 node: debug-scaling would refuse it
+    ("aurora", "405b", None, "debug"),             # 2 nodes, 1 h
+    ("aurora", "8b", "03:00:00", "capacity"),      # longer than the debug queues allow
+    ("polaris", "405b", None, "debug-scaling"),    # 6 nodes
+])
+def test_queue_follows_the_plan(site, model, walltime, queue, tmp_path):
+    job = job_for(site, model, "aurora-fom", tmp_path, walltime=walltime)
+    assert job.queue == queue
+    text = render_job(job)
+    assert f"#PBS -q {queue}\n" in text
+    assert "#PBS -k doe\n" in text  # output written as the job runs: `submit --wait` can follow it
+
+
+def test_queue_table_refuses_a_job_no_queue_takes_and_an_explicit_queue_wins(tmp_path):
+    with pytest.raises(UserError, match="no queue of this site takes a job of 1 node"):
+        job_for("polaris", "8b", "aurora-fom", tmp_path, walltime="30:00:00")
+    assert job_for("polaris", "8b", "aurora-fom", tmp_path, walltime="30:00:00", queue="preemptable").queue \
+        == "preemptable"
+
+
+@pytest.mark.parametrize("walltime, slurm, pbs", [
+    ("1-12", "36:00:00", "36:00:00"),      # D-HH: a day and a half to Slurm, and now to hpcbench
+    ("45:00", "00:45:00", "00:45:00"),     # MM:SS
+    ("0-00:30", "00:30:00", "00:30:00"),   # D-HH:MM
+])
+def test_walltime_means_what_slurm_means_and_reaches_both_schedulers_normalised(walltime, slurm, pbs, tmp_path):
+    assert f"#SBATCH --time={slurm}\n" in render_job(job_for("slurm-h100", "70b", "smoke", tmp_path, walltime=walltime))
+    assert f"#PBS -l walltime={pbs}\n" in render_job(job_for("aurora", "70b", "smoke", tmp_path, walltime=walltime))
+
+
+@pytest.mark.parametrize("walltime, says", [("30", "write 00:30:00 for 30 minutes"), ("99:99:99", "out of range"),
+                                            ("1-24", "out of range"), ("soon", "must look like")])
+def test_ambiguous_or_impossible_walltime_is_refused(walltime, says, tmp_path):
+    with pytest.raises(UserError, match=says):
+        job_for("slurm-h100", "70b", "smoke", tmp_path, walltime=walltime)
+
+
+def test_ray_temp_dir_is_short_and_a_long_one_is_refused(tmp_path):
+    import yaml
+
+    from hpcbench.config.errors import ConfigError
+
+    text = render_job(job_for("aurora", "405b", "aurora-fom", tmp_path))
+    assert 'RAY_TMP=/tmp/hpcb-ray-"$JOB_TAG"' in text and "JOB_TAG=${JOB_ID%%.*}" in text
+    site_file = tmp_path / "deep.yaml"
+    site_file.write_text(yaml.safe_dump({"extends": "aurora", "ray": {"temp_dir": "/lus/flare/projects/MYPROJ/me/ray"}}))
+    with pytest.raises(ConfigError, match="too long for Ray's socket paths"):
+        load_site(str(site_file))
 
 
 def test_slurm_header(tmp_path):
@@ -67,9 +132,10 @@ def test_slurm_header(tmp_path):
     text = render_job(job)
     for line in (f"#SBATCH --nodes={job.plan.nodes}", "#SBATCH --ntasks-per-node=1", "#SBATCH --gpus-per-node=4",
                  "#SBATCH --account=PROJ", "#SBATCH --partition=gpu", "#SBATCH --exclusive",
-                 "#SBATCH --signal=B:USR1@90"):
+                 "#SBATCH --signal=B:USR1@90", "#SBATCH --cpus-per-task=64"):
         assert line + "\n" in text
-    assert "srun --nodes=1 --ntasks=1 --overlap --nodelist" in text
+    # Every step asks for the node's CPUs: where Slurm binds tasks to cores, a step without it gets one.
+    assert "srun --nodes=1 --ntasks=1 --cpus-per-task=64 --overlap --nodelist" in text
 
 
 def test_pbs_requires_account(tmp_path):
@@ -134,9 +200,10 @@ def test_failure_before_the_driver_still_writes_the_exit_record(tmp_path):
     site_file.write_text(yaml.safe_dump({"extends": "local", "setup": ["false  # a failing setup line"]}))
     job = job_for(str(site_file), "tiny", "smoke", tmp_path)
     (tmp_path / "exp").mkdir()
+    job.save(tmp_path / "exp" / "config.yaml")
     script = tmp_path / "exp" / "job.sh"
     script.write_text(render_job(job))
     out = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=60)
     assert out.returncode != 0
     record = json.loads((tmp_path / "exp" / "finished").read_text())
-    assert record["reason"] == "failed" and record["exit_code"] == out.returncode
+    assert record["reason"] == "failed" and record["exit_code"] == out.returncode and record["final"] is True

@@ -17,7 +17,7 @@ from hpcbench import __version__
 from hpcbench.config.errors import ConfigError, UserError
 from hpcbench.config.loading import read_yaml, validate
 from hpcbench.config.model import ModelSpec
-from hpcbench.config.site import Site
+from hpcbench.config.site import Site, format_walltime, parse_walltime
 from hpcbench.config.sweep import Sweep
 from hpcbench.plan import Mode, Plan, plan
 
@@ -136,6 +136,10 @@ def resolve_job(*, site: Site, model: ModelSpec, sweep: Sweep, experiment: Path,
         raise ConfigError(None, "scheduler.filesystems", f"site {site.name} uses PBS, which requires "
                           "-l filesystems= (e.g. home:flare)")
     path = model_path_for(model, site, model_path)
+    try:
+        wall = format_walltime(parse_walltime(walltime or site.scheduler.walltime))
+    except ValueError as exc:
+        raise UserError(f"--walltime: {exc}" if walltime else f"site {site.name}: scheduler.walltime: {exc}") from None
     if engine_timeout_s:
         p.engine_ready_timeout_s = engine_timeout_s
     return Job(
@@ -144,8 +148,8 @@ def resolve_job(*, site: Site, model: ModelSpec, sweep: Sweep, experiment: Path,
         engine_args=engine_args(site, p, path, model.name),
         ports=Ports(ray=site.ray.port, engine=site.engine.port),
         timeouts=Timeouts(ray_s=site.ray.ready_timeout_s, engine_s=p.engine_ready_timeout_s),
-        walltime=walltime or site.scheduler.walltime,
-        account=account or site.scheduler.account, queue=queue or site.scheduler.queue,
+        walltime=wall,
+        account=account or site.scheduler.account, queue=queue or site.scheduler.pick_queue(p.nodes, wall),
         job_name=f"hpcb-{(model.aliases or [model.name])[0]}"[:63],
         secrets=list(site.secrets),
     )

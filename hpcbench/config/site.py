@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from hpcbench.config.errors import ConfigError
+from hpcbench.config.errors import ConfigError, UserError
 from hpcbench.config.loading import deep_merge, package_files, read_yaml, validate
 
 Accelerator = Literal["cuda", "xpu", "rocm", "cpu"]
@@ -24,16 +24,44 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class QueueRule(Strict):
+    """One row of a site's queue table: jobs of min_nodes..max_nodes nodes (and at most max_walltime) go here."""
+
+    name: str
+    min_nodes: int = Field(1, ge=1)
+    max_nodes: int | None = Field(None, ge=1)
+    max_walltime: str | None = Field(None, description="longest walltime the queue takes")
+
+    @field_validator("max_walltime")
+    @classmethod
+    def _walltime(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_walltime(v)
+        return v
+
+    def takes(self, nodes: int, walltime_s: int) -> bool:
+        return (self.min_nodes <= nodes and (self.max_nodes is None or nodes <= self.max_nodes)
+                and (self.max_walltime is None or walltime_s <= parse_walltime(self.max_walltime)))
+
+    def describe(self) -> str:
+        nodes = f"{self.min_nodes}-{self.max_nodes}" if self.max_nodes else f"{self.min_nodes}+"
+        return f"{self.name} ({nodes} nodes" + (f", up to {self.max_walltime})" if self.max_walltime else ")")
+
+
 class SchedulerSettings(Strict):
     kind: Literal["pbs", "slurm", "local"]
     account: str | None = None
-    queue: str | None = Field(None, description="PBS queue or Slurm partition")
+    queue: str | None = Field(None, description="PBS queue or Slurm partition, whatever the job's size")
+    queues: list[QueueRule] = Field(
+        default_factory=list, description="queue table: the first row that takes the job's nodes and walltime")
     walltime: str = "01:00:00"
     filesystems: str | None = Field(None, description="PBS -l filesystems=, e.g. home:flare")
     place: str | None = Field(None, description="PBS -l place=, e.g. scatter")
     select_suffix: str = Field("", description="appended to PBS select=N, e.g. ':system=aurora'")
     exclusive: bool = False
     gpus_per_node_directive: bool = Field(True, description="Slurm: request --gpus-per-node")
+    cpus_per_task: int | None = Field(
+        None, ge=1, description="Slurm --cpus-per-task for the job and its steps (default: node.cpus)")
     directives: list[str] = Field(default_factory=list, description="extra header options, verbatim")
     max_nodes: int = Field(1, ge=1, description="most nodes one job may use")
     accounting: Literal["auto", "yes", "no"] = "auto"
@@ -45,6 +73,23 @@ class SchedulerSettings(Strict):
         parse_walltime(v)
         return v
 
+    def pick_queue(self, nodes: int, walltime: str) -> str | None:
+        """The queue for a job of this size: `queue` if set, else the first table row that takes it."""
+        if self.queue or not self.queues:
+            return self.queue
+        wall = parse_walltime(walltime)
+        for rule in self.queues:
+            if rule.takes(nodes, wall):
+                return rule.name
+        table = "; ".join(r.describe() for r in self.queues)
+        raise UserError(f"no queue of this site takes a job of {nodes} node(s) for {walltime} "
+                        f"(queues: {table}); pass --queue NAME, or change --walltime or --nodes")
+
+
+# The variable each accelerator's runtime reads to see only some devices (vLLM's platforms use the same).
+DEVICE_VARS: dict[str, str | None] = {
+    "cuda": "CUDA_VISIBLE_DEVICES", "rocm": "HIP_VISIBLE_DEVICES", "xpu": "ZE_AFFINITY_MASK", "cpu": None}
+
 
 class NodeSettings(Strict):
     accelerator: Accelerator
@@ -52,18 +97,48 @@ class NodeSettings(Strict):
     memory_gib: float = Field(..., gt=0, description="memory per accelerator in GiB")
     cpus: int = Field(..., ge=1)
     visible_devices_var: str | None = Field(
-        None, description="variable naming visible devices (CUDA_VISIBLE_DEVICES, ZE_AFFINITY_MASK)")
+        None, description="variable naming visible devices; default from the accelerator "
+                          "(CUDA_VISIBLE_DEVICES, HIP_VISIBLE_DEVICES, ZE_AFFINITY_MASK)")
+
+    @model_validator(mode="after")
+    def _device_var(self) -> "NodeSettings":
+        # Replicas sharing a node must each see only their own devices: never leave this unset on a GPU.
+        if self.visible_devices_var is None:
+            self.visible_devices_var = DEVICE_VARS[self.accelerator]
+        return self
 
 
 class NetworkSettings(Strict):
-    head_ip: Literal["hostname-i", "dns", "loopback"] = "hostname-i"
-    dns_suffix: str = Field("", description="with head_ip=dns: appended to the short host name")
+    """How every node of a job finds the address Ray, the engine (VLLM_HOST_IP) and the client use.
+
+    Nodes of HPC systems have several networks (Aurora: a management network holding the default route,
+    and the high-speed network named <host>.hsn.cm.aurora.alcf.anl.gov); the rule is applied on each
+    node by hpcbench.runtime.node."""
+
+    address: Literal["hostname-i", "dns", "interface", "subnet", "loopback"] = "hostname-i"
+    dns_suffix: str = Field("", description="address=dns: appended to the node's short host name")
+    interface: str | None = Field(None, description="address=interface: e.g. hsn0, ib0")
+    subnet: str | None = Field(None, description="address=subnet: the node's address inside this CIDR")
+
+    @model_validator(mode="after")
+    def _complete(self) -> "NetworkSettings":
+        needs = {"dns": "dns_suffix", "interface": "interface", "subnet": "subnet"}.get(self.address)
+        if needs and not getattr(self, needs):
+            raise ValueError(f"address: {self.address} needs {needs}")
+        if self.subnet:
+            import ipaddress
+
+            try:
+                ipaddress.IPv4Network(self.subnet, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"subnet: not an IPv4 network: {exc}") from None
+        return self
 
 
 class RaySettings(Strict):
     enabled: bool = True
     port: int = Field(6379, ge=1024, le=65000, description="base port; the job adds an offset")
-    temp_dir: str = "/tmp"
+    temp_dir: str = Field("/tmp", description="node-local folder for Ray's sessions and sockets (keep it short)")
     num_cpus: int | None = None
     ready_timeout_s: int = Field(300, ge=1)
 
@@ -106,6 +181,21 @@ class Site(Strict):
     secrets: list[str] = Field(default_factory=lambda: ["HF_TOKEN"],
                                description="variables passed by name from the submitting environment")
 
+    @property
+    def step_cpus(self) -> int | None:
+        """CPUs the job asks for per node, and each launcher step on a node (Slurm binds tasks to them)."""
+        if self.scheduler.kind != "slurm":
+            return None
+        return self.scheduler.cpus_per_task or self.node.cpus
+
+    @field_validator("ray")
+    @classmethod
+    def _ray_temp_dir(cls, v: RaySettings) -> RaySettings:
+        from hpcbench.runtime.cluster import check_ray_temp_dir
+
+        check_ray_temp_dir(v.temp_dir)
+        return v
+
     @field_validator("env")
     @classmethod
     def _env_names(cls, v: dict[str, str]) -> dict[str, str]:
@@ -131,24 +221,42 @@ class Site(Strict):
         return self
 
 
+WALLTIME_FORMS = "HH:MM:SS, MM:SS, D-HH, D-HH:MM or D-HH:MM:SS"
+
+
 def parse_walltime(text: str) -> int:
-    """HH:MM:SS, MM:SS, or D-HH:MM:SS -> seconds."""
-    days = 0
-    body = text.strip()
-    if "-" in body:
+    """A walltime in the forms Slurm's --time and PBS's walltime both read the same way -> seconds.
+
+    A bare number is refused: Slurm reads "30" as 30 minutes, PBS as 30 seconds."""
+    body = str(text).strip()
+    days, has_days = 0, "-" in body
+    if has_days:
         d, body = body.split("-", 1)
-        days = int(d) if d.isdigit() else -1
+        if not d.isdigit():
+            raise ValueError(f"walltime must look like {WALLTIME_FORMS} (got {text!r})")
+        days = int(d)
     parts = body.split(":")
-    if days < 0 or not 1 <= len(parts) <= 3 or not all(p.isdigit() for p in parts):
-        raise ValueError(f"walltime must look like HH:MM:SS (got {text!r})")
+    if not all(p.isdigit() for p in parts) or len(parts) > 3 or (not has_days and len(parts) == 1):
+        hint = (f"; a bare number means minutes to Slurm and seconds to PBS: write 00:{int(body):02d}:00 "
+                f"for {body} minutes" if body.isdigit() and not has_days and 0 < int(body) < 60 else "")
+        raise ValueError(f"walltime must look like {WALLTIME_FORMS} (got {text!r}){hint}")
     nums = [int(p) for p in parts]
-    while len(nums) < 3:
-        nums.insert(0, 0)
+    if has_days:  # D-HH, D-HH:MM, D-HH:MM:SS
+        nums += [0] * (3 - len(nums))
+    else:     # MM:SS, HH:MM:SS
+        nums = [0] * (3 - len(nums)) + nums
     h, m, s = nums
-    return days * 86400 + h * 3600 + m * 60 + s
+    if m >= 60 or s >= 60 or (has_days and h >= 24):
+        raise ValueError(f"walltime {text!r} is out of range (minutes and seconds below 60"
+                         + (", hours below 24 after a day count)" if has_days else ")"))
+    total = days * 86400 + h * 3600 + m * 60 + s
+    if total <= 0:
+        raise ValueError(f"walltime must be longer than zero (got {text!r})")
+    return total
 
 
 def format_walltime(seconds: int) -> str:
+    """HH:MM:SS (hours may pass 24), which PBS and Slurm read alike."""
     h, rem = divmod(int(seconds), 3600)
     m, s = divmod(rem, 60)
     return f"{h:02d}:{m:02d}:{s:02d}"

@@ -125,5 +125,16 @@ def collect(job: "Job", nodes: list[str], node_ips: dict[str, str], job_id: str)
     }
 
 
+def node_records(exp: Experiment) -> list[dict[str, Any]]:
+    """What each process started through hpcbench.runtime.node found on its node (address, CPUs)."""
+    out = []
+    for path in sorted(exp.logs.glob("node-*.json")):
+        try:
+            out.append(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            continue
+    return out
+
+
 def write(exp: Experiment, record: dict[str, Any]) -> None:
-    write_json(exp.file(PROVENANCE), record)
+    write_json(exp.file(PROVENANCE), {**record, "node_processes": node_records(exp)})
