@@ -6,12 +6,29 @@
 #   scripts/slurm-cluster.sh status DIR
 #
 # Everything lives under DIR: slurm.conf, state, spool, logs, pid files and, with --accounting,
-# a MariaDB instance of its own (datadir, socket, port) and slurmdbd. Two nodes (node1, node2)
-# are two slurmd daemons on localhost. Ports are picked free at each start, so several clusters
-# (different DIR and NAME) can run at the same time; a client picks one with
+# a MariaDB instance of its own (datadir, socket, port) and slurmdbd. Ports are picked free at each
+# start, so several clusters (different DIR and NAME) can run at the same time; a client picks one with
 #   export SLURM_CONF=DIR/slurm.conf
-# which `start` prints as its last line. munged is shared by all clusters and left running by
-# `stop`; every other daemon is ended by `stop` through its pid file. Needs root.
+# which `start` prints as its last line.
+#
+# Two nodes, each its own host as on a production cluster: node N is a slurmd in its own network,
+# UTS and cgroup namespaces (`hostname` prints nodeN; job steps inherit all three), with
+#   mgmt0  on the management network (a bridge; the host holds .1), node N at .(10+N), default route;
+#   hsn0   on the high-speed network (another bridge, host .1), node N at .(10+N), no default route.
+# Each cluster gets its own pair of /24 subnets (10.201.K.0/24 and 10.202.K.0/24, K picked free under
+# a lock) and its own namespace, bridge, veth and cgroup names (slcK-...), listed in DIR/network.
+# Names resolve as on ALCF systems, from /etc/netns/<netns>/hosts (which `ip netns exec` mounts over
+# /etc/hosts): nodeK is node K's management address, nodeK.hsn.test its high-speed address. Nodes
+# have no DNS (a resolv.conf without servers there: unknown names fail at once). The filesystem is
+# shared. slurmctld (and slurmdbd, MariaDB) run on the host; nodes reach slurmctld at the host's
+# management address. Node CPU counts are the ones `slurmd -C` detects, and tasks are bound to the
+# CPUs Slurm gives them: task/cgroup,task/affinity with proctrack/cgroup where the host has the cgroup
+# v1 cpuset and freezer controllers (each node's cgroup tree is slcK-nodeN in those hierarchies),
+# else task/affinity with proctrack/linuxproc.
+#
+# munged is shared by all clusters and left running by `stop`; every other daemon is ended by `stop`
+# through its pid file, then the namespaces, bridges, veths, /etc/netns files and cgroups go.
+# Needs root.
 set -euo pipefail
 export PATH=$PATH:/usr/sbin:/sbin    # the daemons live in sbin, which a non-login PATH may lack
 
@@ -171,6 +188,180 @@ ensure_munge() {
     die "munged does not answer"
 }
 
+# ---------------------------------------------------------------- nodes: namespaces, networks, cgroups
+
+NODES=(node1 node2)
+NET_FILE=$DIR/network
+NET_LOCK=/run/lock/slurm-cluster-net.lock    # picking and creating networks: one start at a time
+MGMT_NET=10.201                              # cluster K's management network: 10.201.K.0/24
+HSN_NET=10.202                               # cluster K's high-speed network: 10.202.K.0/24
+HSN_DOMAIN=hsn.test                          # nodeN.hsn.test is node N's high-speed name
+SLURMD_PORT=6818                             # each node is its own host: all use Slurm's default port
+
+node_addr() { echo "$1.$2.$((10 + ${3#node}))"; }    # node_addr NET K NODE
+
+# net_taken K: some interface, route, namespace or /etc/netns entry already uses cluster K's
+# subnets or names (another cluster's, or anything else on this host).
+net_taken() {
+    local k=$1 p=slc$1
+    { ip -4 -o addr show; ip -4 route show; } | sed 's/^/ /' \
+        | grep -qF -e " $MGMT_NET.$k." -e " $HSN_NET.$k." && return 0
+    ip -o link show | grep -qF ": $p-" && return 0
+    ip netns list | grep -q "^$p-" && return 0
+    compgen -G "/etc/netns/$p-*" >/dev/null || compgen -G "/sys/fs/cgroup/*/$p-*" >/dev/null
+}
+
+# pick_net: print a free K in 1-250, trying first one derived from DIR (stable across restarts).
+pick_net() {
+    local start i k
+    start=$(cksum <<<"$DIR" | cut -d' ' -f1)
+    for ((i = 0; i < 250; i++)); do
+        k=$(((start + i) % 250 + 1))
+        net_taken "$k" || { echo "$k"; return 0; }
+    done
+    return 1
+}
+
+add_bridge() {  # add_bridge NAME ADDR/LEN
+    ip link add "$1" type bridge
+    ip link set "$1" alias "$DIR"    # marks the cluster's networks as this DIR's (see nodes_down)
+    ip addr add "$2" dev "$1"
+    ip link set "$1" up
+}
+
+add_port() {  # add_port BRIDGE HOST_IF NETNS NODE_IF ADDR: a veth from the bridge into the node
+    ip link add "$2" type veth peer name "$4" netns "$3"
+    ip link set "$2" master "$1" up
+    ip -n "$3" addr add "$5/24" dev "$4"
+    ip -n "$3" link set "$4" up
+}
+
+write_node_etc() {  # write_node_etc K NETNS: the files `ip netns exec` mounts over /etc/...
+    local k=$1 dir=/etc/netns/$2 node
+    mkdir -p "$dir"
+    {
+        echo "# written by scripts/slurm-cluster.sh for cluster $NAME ($DIR)"
+        echo "127.0.0.1 localhost"
+        echo "::1 localhost ip6-localhost ip6-loopback"
+        for node in "${NODES[@]}"; do
+            echo "$(node_addr "$MGMT_NET" "$k" "$node") $node"
+            echo "$(node_addr "$HSN_NET" "$k" "$node") $node.$HSN_DOMAIN"
+        done
+    } >"$dir/hosts"
+    echo "# no name server on the test cluster's nodes: names come from /etc/hosts" >"$dir/resolv.conf"
+}
+
+write_net_file() {  # write_net_file K: what clients (and `stop`) need to know
+    local k=$1 node
+    {
+        echo "prefix=slc$k"
+        echo "mgmt_subnet=$MGMT_NET.$k.0/24"
+        echo "hsn_subnet=$HSN_NET.$k.0/24"
+        echo "hsn_domain=$HSN_DOMAIN"
+        for node in "${NODES[@]}"; do    # NODE=NETNS MGMT_ADDRESS HSN_ADDRESS
+            echo "$node=slc$k-$node $(node_addr "$MGMT_NET" "$k" "$node") $(node_addr "$HSN_NET" "$k" "$node")"
+        done
+    } >"$NET_FILE.tmp"
+    mv "$NET_FILE.tmp" "$NET_FILE"
+}
+
+net_create() {  # net_create K: bridges, one namespace per node with mgmt0 and hsn0, /etc/netns files
+    local k=$1 p=slc$1 node n ns
+    add_bridge "$p-mgmt" "$MGMT_NET.$k.1/24"
+    add_bridge "$p-hsn" "$HSN_NET.$k.1/24"
+    for node in "${NODES[@]}"; do
+        n=${node#node}
+        ns=$p-$node
+        ip netns add "$ns"
+        ip -n "$ns" link set lo up
+        add_port "$p-mgmt" "$p-n${n}m" "$ns" mgmt0 "$(node_addr "$MGMT_NET" "$k" "$node")"
+        add_port "$p-hsn" "$p-n${n}h" "$ns" hsn0 "$(node_addr "$HSN_NET" "$k" "$node")"
+        ip -n "$ns" route add default via "$MGMT_NET.$k.1" dev mgmt0
+        write_node_etc "$k" "$ns"
+    done
+}
+
+# cgroup_mount CONTROLLER: where the host mounts that cgroup v1 controller ('' if nowhere).
+cgroup_mount() {
+    awk -v c="$1" '$3 == "cgroup" && index("," $4 ",", "," c ",") { print $2; exit }' /proc/self/mounts
+}
+
+# Tasks are confined with cgroups (task/cgroup: a task cannot widen its CPU set; proctrack/cgroup)
+# where the host has the cgroup v1 cpuset and freezer controllers, else by affinity alone.
+NODE_CGROUPS=(cpuset freezer)
+use_cgroups() {
+    local c
+    for c in "${NODE_CGROUPS[@]}"; do [[ -n $(cgroup_mount "$c") ]] || return 1; done
+}
+
+# enter_node_cgroups NETNS: move this shell into the node's own cgroups, where the node's cgroup
+# namespace will be rooted: each node of each cluster then has a cgroup tree of its own.
+enter_node_cgroups() {
+    local c dir
+    for c in "${NODE_CGROUPS[@]}"; do
+        dir=$(cgroup_mount "$c")/$1
+        mkdir -p "$dir"
+        if [[ $c == cpuset ]]; then    # a new cpuset has no CPUs and no memory nodes to run on
+            cat "$dir/../cpuset.cpus" >"$dir/cpuset.cpus"
+            cat "$dir/../cpuset.mems" >"$dir/cpuset.mems"
+        fi
+        echo "$BASHPID" >"$dir/cgroup.procs"
+    done
+}
+
+remove_node_cgroups() {  # remove_node_cgroups NETNS: depth first (cgroupfs removes only empty dirs)
+    local c dir
+    for c in "${NODE_CGROUPS[@]}"; do
+        dir=$(cgroup_mount "$c")/$1
+        [[ -d $dir && $dir != /$1 ]] || continue
+        find "$dir" -depth -type d -exec rmdir {} + 2>/dev/null \
+            || log "could not remove cgroup $dir (processes still in it?)"
+    done
+}
+
+net_up() {
+    # A subshell holds the lock, so no daemon started later inherits its descriptor.
+    (
+        flock -w 60 9 || die "could not lock $NET_LOCK within 60s"
+        local k
+        k=$(pick_net) || die "no free pair of subnets $MGMT_NET.K.0/24, $HSN_NET.K.0/24 (K in 1-250)"
+        write_net_file "$k"    # first, so that `stop` cleans up after a half-done creation
+        net_create "$k"
+    ) 9>"$NET_LOCK"
+    echo "networks up: $(net_summary)"
+}
+
+net_summary() { echo "management $(conf_value "$NET_FILE" mgmt_subnet), high-speed $(conf_value "$NET_FILE" hsn_subnet)"; }
+
+# nodes_down: remove what net_up and start_slurmd made (namespaces, networks, /etc/netns, cgroups).
+nodes_down() {
+    [[ -f $NET_FILE ]] || return 0
+    local p node n
+    p=$(conf_value "$NET_FILE" prefix)
+    [[ $p =~ ^slc[0-9]+$ ]] || die "$NET_FILE: bad prefix '$p'"
+    (
+        flock -w 60 9 || die "could not lock $NET_LOCK within 60s"
+        # Leftovers of an earlier start whose names another cluster took since are not ours.
+        if [[ -e /sys/class/net/$p-mgmt && $(cat "/sys/class/net/$p-mgmt/ifalias") != "$DIR" ]]; then
+            log "$p-mgmt belongs to another cluster now; leaving its networks alone"
+            exit 0
+        fi
+        for node in "${NODES[@]}"; do
+            n=${node#node}
+            # Deleting a veth deletes its peer at once; a namespace's own teardown is asynchronous.
+            ip link del "$p-n${n}m" 2>/dev/null || true
+            ip link del "$p-n${n}h" 2>/dev/null || true
+            ip netns del "$p-$node" 2>/dev/null || true
+            rm -rf "/etc/netns/${p:?}-$node"
+            remove_node_cgroups "$p-$node"
+        done
+        ip link del "$p-hsn" 2>/dev/null || true
+        ip link del "$p-mgmt" 2>/dev/null || true
+        echo "removed namespaces, networks and cgroups $p-*"
+    ) 9>"$NET_LOCK"
+    rm -f "$NET_FILE"
+}
+
 # ---------------------------------------------------------------- MariaDB and slurmdbd
 
 DB_DATA=$DIR/mysql/data
@@ -251,22 +442,33 @@ EOF
 
 # ---------------------------------------------------------------- slurm.conf
 
+# node_hardware: the node layout slurmd detects here (CPUs, boards, sockets, cores, threads).
+node_hardware() {
+    SLURM_CONF=/dev/null slurmd -C | head -n 1 | tr ' ' '\n' \
+        | grep -E '^(CPUs|Boards|SocketsPerBoard|CoresPerSocket|ThreadsPerCore)=' | tr '\n' ' '
+}
+
 write_slurm_conf() {
-    local ctld_port=$1 node_port=$2 dbd_port=$3
+    local ctld_port=$1 dbd_port=$2 k hardware node
+    k=$(conf_value "$NET_FILE" prefix)
+    k=${k#slc}
+    hardware=$(node_hardware)
+    [[ $hardware == *CPUs=* ]] || die "slurmd -C did not report this machine's CPUs"
     {
         cat <<EOF
-# written by scripts/slurm-cluster.sh: two nodes on localhost, state and logs under this folder
+# written by scripts/slurm-cluster.sh: two nodes in network namespaces, state and logs under this folder
 ClusterName=$NAME
-SlurmctldHost=localhost(127.0.0.1)
+SlurmctldHost=localhost($MGMT_NET.$k.1)
 SlurmctldPort=$ctld_port
+SlurmdPort=$SLURMD_PORT
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
 MpiDefault=none
 SwitchType=switch/none
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
+ProctrackType=$PROCTRACK
+TaskPlugin=$TASK_PLUGIN
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 PropagateResourceLimits=NONE
@@ -309,11 +511,20 @@ EOF
         fi
         cat <<EOF
 JobCompType=jobcomp/none
-NodeName=node[1-2] NodeHostname=localhost NodeAddr=127.0.0.1 Port=$node_port-$((node_port + 1)) CPUs=2 RealMemory=4000 State=UNKNOWN
-PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 EOF
+        for node in "${NODES[@]}"; do
+            echo "NodeName=$node NodeHostname=$node NodeAddr=$(node_addr "$MGMT_NET" "$k" "$node")" \
+                "${hardware}RealMemory=4000 State=UNKNOWN"
+        done
+        echo "PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP"
     } >"$CONF.tmp"
     mv "$CONF.tmp" "$CONF"
+    rm -f "$DIR/cgroup.conf"
+    if [[ $CGROUPS == 1 ]]; then
+        # Cores only: memory is the host's business (its memory cgroups are left alone).
+        printf '%s\n' "# written by scripts/slurm-cluster.sh" CgroupPlugin=cgroup/v1 ConstrainCores=yes \
+            ConstrainRAMSpace=no ConstrainSwapSpace=no ConstrainDevices=no >"$DIR/cgroup.conf"
+    fi
 }
 
 # ---------------------------------------------------------------- the verbs
@@ -325,15 +536,48 @@ nodes_idle() {
     [[ $(grep -cE '^node[12] (idle|mix|alloc)$' <<<"$out") == 2 ]]
 }
 
+node_netns() { echo "$(conf_value "$NET_FILE" prefix)-$1"; }
+
 is_up() {
-    pid_alive "$RUN/slurmctld.pid" slurmctld \
-        && pid_alive "$RUN/slurmd-node1.pid" slurmd \
-        && pid_alive "$RUN/slurmd-node2.pid" slurmd \
-        && { [[ ! -f $DIR/accounting ]] || pid_alive "$DBD_PID" slurmdbd; }
+    local node
+    [[ -f $NET_FILE ]] && pid_alive "$RUN/slurmctld.pid" slurmctld || return 1
+    for node in "${NODES[@]}"; do
+        [[ -e /run/netns/$(node_netns "$node") ]] && pid_alive "$RUN/slurmd-$node.pid" slurmd || return 1
+    done
+    [[ ! -f $DIR/accounting ]] || pid_alive "$DBD_PID" slurmdbd
+}
+
+# node_init NODE MOUNTS: runs inside the node's new namespaces and becomes its slurmd.
+node_init() {
+    local type dir opts
+    # `ip netns exec` put a sysfs of the node's own network namespace over /sys, which hides the
+    # cgroup hierarchies slurmd needs: mount the host's ones again (same types, same options; in the
+    # node's cgroup namespace each shows the node's own tree).
+    while read -r type dir opts; do
+        [[ -n $type ]] || continue
+        mkdir -p "$dir"
+        mount -t "$type" -o "$opts" "$type" "$dir"
+    done <<<"$2"
+    hostname "$1"
+    exec slurmd -N "$1"
+}
+
+# start_slurmd NODE: slurmd in the node's network namespace (through `ip netns exec`, which also
+# mounts the node's /etc/hosts), in a UTS namespace named after the node and in a cgroup namespace.
+start_slurmd() {
+    local node=$1 ns mounts
+    ns=$(node_netns "$node")
+    (
+        [[ $CGROUPS == 0 ]] || enter_node_cgroups "$ns"
+        mounts=$(awk '$2 ~ "^/sys/fs/cgroup(/|$)" { print $3, $2, $4 }' /proc/self/mounts)
+        exec ip netns exec "$ns" unshare --uts --cgroup -- \
+            bash -c "set -euo pipefail; $(declare -f node_init); node_init \"\$@\"" node-init "$node" "$mounts"
+    )
+    wait_pidfile "$RUN/slurmd-$node.pid" slurmd 20 "$LOGS/slurmd-$node.log"
 }
 
 do_start() {
-    local prog needed=(slurmctld slurmd sinfo squeue scancel munged munge unmunge)
+    local prog needed=(slurmctld slurmd sinfo squeue scancel munged munge unmunge ip unshare flock)
     [[ $ACCOUNTING == 0 ]] || needed+=(slurmdbd sacctmgr mariadbd mariadb mariadb-install-db)
     for prog in "${needed[@]}"; do
         command -v "$prog" >/dev/null || die "$prog is not installed: run scripts/install-deps.sh"
@@ -347,19 +591,25 @@ do_start() {
     fi
     do_stop >/dev/null 2>&1 || true    # half-started leftovers
 
-    mkdir -p "$DIR/state" "$DIR/spool/node1" "$DIR/spool/node2" "$RUN" "$LOGS"
+    mkdir -p "$DIR/state" "$DIR/spool/node1" "$DIR/spool/node2" "$RUN" "$LOGS" /run/lock
+    if use_cgroups; then
+        CGROUPS=1 PROCTRACK=proctrack/cgroup TASK_PLUGIN=task/cgroup,task/affinity
+    else
+        log "no cgroup v1 ${NODE_CGROUPS[*]} controllers here: binding tasks by affinity only"
+        CGROUPS=0 PROCTRACK=proctrack/linuxproc TASK_PLUGIN=task/affinity
+    fi
     ensure_munge
+    net_up
 
-    local ctld_port node_port dbd_port=0 db_port=0
+    local ctld_port dbd_port=0 db_port=0
     pick_ports 1; ctld_port=$PORT
-    pick_ports 2; node_port=$PORT
     rm -f "$DIR/accounting"
     if [[ $ACCOUNTING == 1 ]]; then
         pick_ports 1; db_port=$PORT
         pick_ports 1; dbd_port=$PORT
         touch "$DIR/accounting"
     fi
-    write_slurm_conf "$ctld_port" "$node_port" "$dbd_port"
+    write_slurm_conf "$ctld_port" "$dbd_port"
 
     if [[ $ACCOUNTING == 1 ]]; then
         start_mariadb "$db_port"
@@ -375,11 +625,10 @@ do_start() {
     wait_pidfile "$RUN/slurmctld.pid" slurmctld 20 "$LOGS/slurmctld.log"
     echo "started slurmctld on port $ctld_port"
     local node
-    for node in node1 node2; do
-        slurmd -N "$node"
-        wait_pidfile "$RUN/slurmd-$node.pid" slurmd 20 "$LOGS/slurmd-$node.log"
+    for node in "${NODES[@]}"; do
+        start_slurmd "$node"
     done
-    echo "started slurmd node1, node2 on ports $node_port-$((node_port + 1))"
+    echo "started slurmd ${NODES[*]} in namespaces $(node_netns '*'), port $SLURMD_PORT"
 
     local i
     for ((i = 0; i < START_TIMEOUT * 5; i++)); do
@@ -415,18 +664,20 @@ do_stop() {
         fi
     fi
     local node
-    for node in node1 node2; do
+    for node in "${NODES[@]}"; do
         stop_pid "$RUN/slurmd-$node.pid" slurmd
     done
     stop_pid "$RUN/slurmctld.pid" slurmctld
     stop_pid "$DBD_PID" slurmdbd
     stop_pid "$DB_PID" mariadbd
+    nodes_down
 }
 
 do_status() {
     if [[ -f $CONF ]] && is_up && nodes_idle; then
         echo "up: cluster $(conf_value "$CONF" ClusterName)$([[ -f $DIR/accounting ]] && echo ', accounting on')"
-        sinfo -N
+        sinfo -N -o '%N %t %c %o %n'
+        echo "networks: $(net_summary)"
         echo "SLURM_CONF=$CONF"
         return 0
     fi

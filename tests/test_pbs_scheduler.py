@@ -8,12 +8,14 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
 from hpcbench.schedulers.base import JobState, SchedulerError, get_scheduler
 from hpcbench.schedulers.pbs import PBSScheduler, _repair, parse_qstat_json
+from hpcbench.status import ExitRecord, merge
 
 DATA = Path(__file__).parent / "data" / "pbs"
 AURORA_F_H = "aurora_qstat_xf_json_F_walltime-29_F0_H.json"
@@ -48,6 +50,20 @@ def query(name: str, ids: list[str]) -> dict:
     return PBSScheduler(run=Replay(read(name))).query(ids)
 
 
+def stime(text: str) -> float:
+    """qstat prints times in the reading machine's time zone (Aurora's stime 15:35 is 20:35 UTC in
+    the comment), so tests read them the same way."""
+    return time.mktime(time.strptime(text, "%a %b %d %H:%M:%S %Y"))
+
+
+def record(job_id: str, reason: str, started: float, final: bool = True) -> ExitRecord:
+    """An exit record as the batch script writes it on PBS: $PBS_JOBID in full, no attempt number."""
+    utc = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started))
+    return ExitRecord.parse({"exit_code": {"completed": 0, "running": None}.get(reason, 1), "reason": reason,
+                             "final": final, "job_id": job_id, "attempt": None, "attempt_started": utc,
+                             "deadline": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started + 3600))})
+
+
 # --- states from recorded qstat -f -F json -x output ------------------------------------------------
 
 @pytest.mark.parametrize("name, job_id, state, exit_code, in_detail", [
@@ -56,16 +72,16 @@ def query(name: str, ids: list[str]) -> dict:
     # Aurora: killed at walltime (substate 93, Exit_status -29), once after 15 runs
     (AURORA_F_H, f"6617175.{AURORA}", JobState.TIMEOUT, -29, "exceeded resource walltime"),
     (AURORA_F_H, f"6617182.{AURORA}", JobState.TIMEOUT, -29, "walltime exceeded"),
-    # Aurora: user hold
-    (AURORA_F_H, f"4905472.{AURORA}", JobState.QUEUED, None, "Job held by mmin"),
+    # Aurora: user hold, released with qrls
+    (AURORA_F_H, f"4905472.{AURORA}", JobState.HELD, None, f"release it with `qrls 4905472.{AURORA}`"),
     # Aurora: system hold after failed starts, queued with a comment, deleted while queued
-    (AURORA_DELETED, f"4345644.{AURORA}", JobState.QUEUED, None, "job held, too many failed attempts to run"),
+    (AURORA_DELETED, f"4345644.{AURORA}", JobState.HELD, None, "job held, too many failed attempts to run"),
     (AURORA_DELETED, f"4683812.{AURORA}", JobState.QUEUED, None, "Insufficient amount of resource: at_queue"),
     (AURORA_DELETED, f"4846771.{AURORA}", JobState.CANCELLED, None, "and terminated"),
     (AURORA_DELETED, f"4846773.{AURORA}", JobState.CANCELLED, None, "no Exit_status"),
     # Polaris: Q, H carrying Exit_status -3 from its failed starts, R
     (POLARIS, f"359322.{POLARIS_SERVER}", JobState.QUEUED, None, "requesting an exclusive node"),
-    (POLARIS, f"412020.{POLARIS_SERVER}", JobState.QUEUED, None, "Exit_status -3"),
+    (POLARIS, f"412020.{POLARIS_SERVER}", JobState.HELD, None, "Exit_status -3"),
     (POLARIS, f"1147579.{POLARIS_SERVER}", JobState.RUNNING, None, "Job run at Thu Nov 09"),
     # OpenPBS (firecrest): F/F/R and a single R
     (FIRECREST_ALL, "1004.pbs", JobState.COMPLETED, 0, "and finished"),
@@ -79,6 +95,30 @@ def test_recorded_states(name: str, job_id: str, state: JobState, exit_code: int
     got = query(name, [job_id])[job_id]
     assert (got.job_id, got.state, got.exit_code, got.source) == (job_id, state, exit_code, "qstat")
     assert in_detail in got.detail
+
+
+@pytest.mark.parametrize("name, job_id, attempt, started", [
+    (AURORA_F_H, f"6617175.{AURORA}", 14, "Wed Jul 23 15:35:36 2025"),  # walltime, on its 15th run
+    (AURORA_F_H, f"6631289.{AURORA}", 0, "Wed Jul 23 21:30:39 2025"),
+    (AURORA_DELETED, f"4345644.{AURORA}", 20, None),                  # held after 21 failed starts
+    (POLARIS, f"412020.{POLARIS_SERVER}", 20, "Fri Feb 10 17:02:23 2023"),
+    (POLARIS, f"1147579.{POLARIS_SERVER}", 0, "Thu Nov  9 13:05:50 2023"),
+    (AURORA_DELETED, f"4846771.{AURORA}", None, None),                # deleted while queued: never ran
+])
+def test_latest_run_from_run_count_and_stime(name: str, job_id: str, attempt: int | None,
+                                             started: str | None) -> None:
+    got = query(name, [job_id])[job_id]
+    assert got.attempt == attempt
+    assert got.started == (stime(started) if started else None)
+
+
+@pytest.mark.parametrize("job_id, operator_only", [(f"4905472.{AURORA}", False), (f"4345644.{AURORA}", True)])
+def test_held_job_says_how_to_release_it(job_id: str, operator_only: bool) -> None:
+    # Hold_Types u (the user's own hold) against s (a system hold after failed starts).
+    got = query(AURORA_DELETED, [job_id])[job_id]
+    assert got.state is JobState.HELD and not got.state.terminal
+    assert f"release it with `qrls {job_id}`" in got.detail
+    assert ("only a PBS operator or manager" in got.detail) == operator_only
 
 
 def test_parse_qstat_json_keys_every_job_by_full_id() -> None:
@@ -120,8 +160,8 @@ def test_query_is_one_qstat_call_for_many_ids() -> None:
     runner = Replay(read(AURORA_DELETED))
     got = PBSScheduler(run=runner).query(ids)
     assert runner.calls == [["qstat", "-f", "-F", "json", "-x", *dict.fromkeys(ids)]]
-    assert [got[i].state for i in ids[:5]] == [JobState.QUEUED, JobState.QUEUED, JobState.CANCELLED,
-                                               JobState.QUEUED, JobState.QUEUED]
+    assert [got[i].state for i in ids[:5]] == [JobState.HELD, JobState.QUEUED, JobState.CANCELLED,
+                                               JobState.HELD, JobState.HELD]
 
 
 def test_query_without_ids_runs_nothing() -> None:
@@ -182,6 +222,55 @@ def test_finished_job_rules(attrs: dict, state: JobState, in_detail: str) -> Non
 ])
 def test_other_state_letters(code: str, state: JobState) -> None:
     assert parse_qstat_json(json.dumps({"Jobs": {"3.pbs": {"job_state": code}}}))["3.pbs"].state is state
+
+
+def test_killed_by_signal_keeps_the_signal() -> None:
+    doc = json.dumps({"Jobs": {f"9.{AURORA}": {"job_state": "F", "substate": 93, "Exit_status": 265}}})
+    got = parse_qstat_json(doc)[f"9.{AURORA}"]
+    assert (got.state, got.exit_code, got.signal) == (JobState.FAILED, 265, 9)
+    assert "killed by signal 9 (SIGKILL)" in got.detail
+
+
+# --- the job's own exit record ($PBS_JOBID in full) merged with qstat, on ALCF ids ------------------
+
+RERUN = f"5000001.{AURORA}"
+RERUN_STIME = "Wed Jul 23 15:35:36 2025"
+# Hand-written, with qstat's attribute names: failed on its second run (run_count 2) by SIGTERM.
+RERUN_JSON = json.dumps({"Jobs": {RERUN: {"job_state": "F", "substate": 93, "Exit_status": 271, "run_count": 2,
+                                          "stime": RERUN_STIME, "comment": "Job run at ... and failed"}}})
+
+
+@pytest.mark.parametrize("started_after_stime, expected", [
+    (30, JobState.TIMEOUT),       # this run's record: the job saw its walltime coming (USR1)
+    (-3 * 3600, JobState.FAILED),  # the first run's record: says nothing of this run
+])
+def test_record_counts_only_for_its_own_run(started_after_stime: int, expected: JobState) -> None:
+    st = PBSScheduler(run=Replay(RERUN_JSON)).query([RERUN])[RERUN]
+    assert (st.state, st.attempt, st.signal) == (JobState.FAILED, 1, 15)
+    rec = record(RERUN, "timeout", stime(RERUN_STIME) + started_after_stime)
+    assert merge(st, rec).state is expected
+
+
+@pytest.mark.parametrize("held", [f"6617175.{AURORA}", "6617175.aurora-pbs-0001", "6617175"])
+def test_purged_alcf_job_takes_its_record(held: str) -> None:
+    runner = Replay("", f"qstat: Unknown Job Id {held}\n", 153)
+    st = PBSScheduler(run=runner).query([held])[held]
+    assert st.state is JobState.UNKNOWN and runner.calls == [["qstat", "-f", "-F", "json", "-x", held]]
+    now = time.time()
+    assert merge(st, record(f"6617175.{AURORA}", "completed", now - 600)).state is JobState.COMPLETED
+    killed = merge(st, record(f"6617175.{AURORA}", "running", now - 600, final=False), last_seen=now - 300)
+    assert killed.state is JobState.FAILED and "killed before it could write its final exit record" in killed.detail
+    other = merge(st, record(f"6617176.{AURORA}", "completed", now - 600))
+    assert other.state is JobState.UNKNOWN
+
+
+def test_live_alcf_jobs_are_not_overridden_by_an_earlier_record() -> None:
+    # Running (Polaris) or held (Aurora), with a final record left by an earlier run: still live.
+    running = query(POLARIS, [f"1147579.{POLARIS_SERVER}"])[f"1147579.{POLARIS_SERVER}"]
+    old = record(f"1147579.{POLARIS_SERVER}", "failed", stime("Thu Nov  9 13:05:50 2023") - 3600)
+    assert merge(running, old).state is JobState.RUNNING
+    held = query(AURORA_DELETED, [f"4345644.{AURORA}"])[f"4345644.{AURORA}"]
+    assert merge(held, record(f"4345644.{AURORA}", "failed", time.time() - 86400)).state is JobState.HELD
 
 
 # --- JSON that older qstat versions print wrongly -------------------------------------------------
@@ -306,6 +395,16 @@ def test_cancel_of_a_finished_job_is_quiet() -> None:
     runner = Replay("", said + "\n", 35)
     PBSScheduler(run=runner).cancel("0")
     assert runner.calls == [["qdel", "0"]]
+
+
+def test_cancel_of_an_alcf_job_uses_its_full_name() -> None:
+    runner = Replay()
+    PBSScheduler(run=runner).cancel(f"6617175.{AURORA}")
+    assert runner.calls == [["qdel", f"6617175.{AURORA}"]]
+    # Already over: qdel says so in the form the OpenPBS transcript shows; nothing left to end.
+    finished = Replay("", f"qdel: Job has finished 6617175.{AURORA}\n", 35)
+    PBSScheduler(run=finished).cancel(f"6617175.{AURORA}")
+    assert finished.calls == [["qdel", f"6617175.{AURORA}"]]
 
 
 def test_cancel_other_errors_raise() -> None:

@@ -7,7 +7,9 @@ cannot run here (PBS Pro).
 
 from __future__ import annotations
 
+import signal
 import subprocess
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from enum import Enum
@@ -21,7 +23,8 @@ Runner = Callable[..., subprocess.CompletedProcess]
 
 
 class JobState(str, Enum):
-    QUEUED = "queued"        # waiting, or held
+    QUEUED = "queued"        # waiting to start (again, after a requeue)
+    HELD = "held"            # will not start until someone releases it
     RUNNING = "running"
     COMPLETED = "completed"  # ended with exit code 0
     FAILED = "failed"        # ended non-zero, or could not start
@@ -33,6 +36,11 @@ class JobState(str, Enum):
     def terminal(self) -> bool:
         return self in (JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED, JobState.TIMEOUT)
 
+    @property
+    def live(self) -> bool:
+        """The scheduler still holds the job: nothing the job wrote earlier can say how it ended."""
+        return self in (JobState.QUEUED, JobState.HELD, JobState.RUNNING)
+
 
 @dataclass(frozen=True)
 class JobStatus:
@@ -41,6 +49,28 @@ class JobStatus:
     exit_code: int | None = None
     detail: str = ""         # the scheduler's own words: state name, comment, reason
     source: str = ""         # which command said so: squeue, sacct, qstat, pid, record
+    signal: int | None = None  # the signal that ended the job, where the scheduler says so
+    # Which attempt the scheduler reports (0 = first run; Slurm's restart count, PBS run_count - 1)
+    # and when that attempt started (epoch seconds): an exit record speaks only for its own attempt.
+    attempt: int | None = None
+    started: float | None = None
+
+
+def signal_name(number: int) -> str:
+    """`9 (SIGKILL)`; just the number where this system has no name for it."""
+    try:
+        return f"{number} ({signal.Signals(number).name})"
+    except ValueError:
+        return str(number)
+
+
+def local_time(text: str | None, fmt: str) -> float | None:
+    """Epoch seconds of a time the scheduler's client printed in this machine's time zone, or None
+    for its words for no time (`Unknown`, `N/A`, `None`)."""
+    try:
+        return time.mktime(time.strptime(" ".join(str(text).split()), fmt))
+    except (TypeError, ValueError, OverflowError):
+        return None
 
 
 @dataclass(frozen=True)
@@ -66,6 +96,9 @@ def run_command(cmd: list[str], cwd: Path | None = None) -> subprocess.Completed
 
 class Scheduler(ABC):
     kind: str = ""
+    # The longest pause between two queries while following a job: scheduler daemons serve a whole
+    # cluster, so a waiting client asks rarely (reading the job's own files costs them nothing).
+    poll_max_s: float = 30.0
 
     def __init__(self, run: Runner = run_command) -> None:
         self.run = run

@@ -25,6 +25,7 @@ def _proc_start(pid: int) -> tuple[str, str] | None:
 
 class LocalScheduler(Scheduler):
     kind = "local"
+    poll_max_s = 2.0  # a look at /proc costs nothing
 
     def submit(self, script: Path, *, workdir: Path, pass_env: list[str]) -> Submitted:
         cmd = ["bash", str(script)]

@@ -6,24 +6,31 @@ Facts this relies on (PBS Pro 2022 on ALCF systems, OpenPBS 23):
   purged give `qstat: Unknown Job Id <id>` on stderr (exit 153) while the others still come on stdout.
 - Finished jobs: substate 91 deleted, 92 finished, 93 failed; Exit_status -29 is walltime, >= 256 is
   256 + signal, other negatives are PBS's own JOB_EXEC_* codes.
+- A held job (H) says who holds it in Hold_Types (u user, o operator, s system, p password); `qrls`
+  releases a user hold, the others need a PBS operator or manager.
+- A job that is run again (node failure, `qrerun`, failed starts) keeps its id: `run_count` counts its
+  starts and `stime` is when the latest one began, printed by qstat in this machine's time zone.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
 from pathlib import Path
 from typing import Any
 
-from hpcbench.schedulers.base import JobState, JobStatus, Scheduler, SchedulerError, Submitted
+from hpcbench.schedulers.base import (JobState, JobStatus, Scheduler, SchedulerError, Submitted, local_time,
+                                      signal_name)
 
 _STATE_NAMES = {
     "Q": "queued", "H": "held", "W": "waiting for its start time", "T": "in transit",
     "S": "suspended", "U": "suspended (workstation busy)", "B": "array begun", "R": "running",
     "E": "exiting", "F": "finished", "X": "subjob finished", "M": "moved to another server",
 }
-_WAITING = {"Q", "H", "W", "T", "S", "U"}
+_WAITING = {"Q", "W", "T", "S", "U"}
+_HELD = "H"
 # An array is "B" as soon as one subjob started: it is running, not waiting.
 _ACTIVE = {"R", "E", "B"}
 _DONE = {"F", "X"}
@@ -36,6 +43,7 @@ _EXIT_MEANINGS = {
     -27: "mem limit exceeded", -28: "cput limit exceeded", -29: "walltime exceeded",
 }
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_TIME = "%a %b %d %H:%M:%S %Y"  # stime as qstat prints it: "Thu Nov  9 13:05:50 2023"
 
 
 def parse_qstat_json(text: str) -> dict[str, JobStatus]:
@@ -93,8 +101,7 @@ class PBSScheduler(Scheduler):
                 out[wanted_id] = JobStatus(wanted_id, JobState.UNKNOWN,
                                            detail=said or "not in qstat -x output", source="qstat")
             else:
-                s = found[key]
-                out[wanted_id] = JobStatus(wanted_id, s.state, s.exit_code, s.detail, s.source)
+                out[wanted_id] = dataclasses.replace(found[key], job_id=wanted_id)
         return out
 
     def cancel(self, job_id: str) -> None:
@@ -214,14 +221,20 @@ def _status(job_id: str, attrs: dict[str, Any]) -> JobStatus:
     exit_status = _int(attrs.get("Exit_status"))
     comment = str(attrs.get("comment") or "").strip()
     head = f"{code} {_STATE_NAMES.get(code, 'unknown state')}"
+    runs = _int(attrs.get("run_count"))
+    attempt = runs - 1 if runs else None
+    started = local_time(attrs.get("stime"), _TIME)
 
-    def status(state: JobState, exit_code: int | None = None, extra: str = "") -> JobStatus:
-        detail = head + (f", {extra}" if extra else "") + (f": {comment}" if comment else "")
-        return JobStatus(job_id, state, exit_code, detail, "qstat")
+    def status(state: JobState, exit_code: int | None = None, extra: str = "", tail: str = "") -> JobStatus:
+        detail = head + (f", {extra}" if extra else "") + (f": {comment}" if comment else "") + tail
+        sig = exit_code - 256 if exit_code is not None and exit_code > 256 else None  # 256 + signal
+        return JobStatus(job_id, state, exit_code, detail, "qstat", sig, attempt, started)
 
-    if code in _WAITING:
+    if code in _WAITING or code == _HELD:
         # A held job may carry the Exit_status of its failed starts (-3): it explains the hold.
         extra = f"Exit_status {exit_status} ({_meaning(exit_status)})" if exit_status is not None else ""
+        if code == _HELD:
+            return status(JobState.HELD, extra=extra, tail=_release(job_id, str(attrs.get("Hold_Types") or "")))
         return status(JobState.QUEUED, extra=extra)
     if code in _ACTIVE:
         return status(JobState.RUNNING)
@@ -240,11 +253,18 @@ def _status(job_id: str, attrs: dict[str, Any]) -> JobStatus:
     return status(JobState.FAILED, exit_status, extra)
 
 
+def _release(job_id: str, hold_types: str) -> str:
+    """How to release a held job: `qrls` for a user hold; other holds are the site's to lift."""
+    others = sorted(set(hold_types) - {"u", "n"})
+    hint = f"; release it with `qrls {job_id}`"
+    return hint + (f" (Hold_Types {hold_types}: only a PBS operator or manager can)" if others else "")
+
+
 def _meaning(exit_status: int) -> str:
     if exit_status == 0:
         return "success"
     if exit_status >= 256:
-        return f"killed by signal {exit_status - 256}"
+        return f"killed by signal {signal_name(exit_status - 256)}"
     if exit_status < 0:
         return _EXIT_MEANINGS.get(exit_status, "PBS could not run or finish the job")
     return "job script exit code"
