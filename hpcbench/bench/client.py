@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -332,5 +333,31 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
 
 
 def run(coro: Any) -> Any:
+    """Run coro to completion on a fresh loop from new_event_loop()."""
+    if sys.version_info < (3, 11):
+        return _run_without_runner(coro)
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
         return runner.run(coro)
+
+
+def _run_without_runner(coro: Any) -> Any:
+    """Python 3.10 has neither asyncio.Runner nor a loop factory for asyncio.run: its steps by hand."""
+    loop = new_event_loop()
+    try:
+        return loop.run_until_complete(coro)
+    finally:
+        try:
+            _cancel_pending(loop)
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.run_until_complete(loop.shutdown_default_executor())
+        finally:
+            loop.close()
+
+
+def _cancel_pending(loop: asyncio.AbstractEventLoop) -> None:
+    """Cancel the tasks left on the loop and let them finish, as asyncio.run does on the way out."""
+    pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+    for task in pending:
+        task.cancel()
+    if pending:
+        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
