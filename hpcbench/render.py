@@ -18,7 +18,7 @@ from hpcbench import __version__
 from hpcbench.config.errors import UserError
 from hpcbench.config.job import Job
 from hpcbench.config.site import format_walltime, parse_walltime
-from hpcbench.launchers import node_prefix
+from hpcbench.launchers import STEP_CPUS_TOKEN, node_prefix
 from hpcbench.runtime.cluster import RAY_DIR_PREFIX
 
 # Seconds the batch script needs after the driver ends: the exit record, then up to 10 s for the Ray
@@ -75,7 +75,8 @@ def render_job(job: Job) -> str:
     template = environment().get_template(f"{job.site.scheduler.kind}.sh.j2")
     walltime_s = parse_walltime(job.walltime)
     return template.render(job=job, site=job.site, plan=job.plan, version=__version__,
-                           node_prefix=node_prefix(job.site.launcher, job.site.step_cpus),
-                           launcher_cpus=job.site.step_cpus, ray_dir_prefix=RAY_DIR_PREFIX,
+                           node_prefix=node_prefix(job.site.launcher, STEP_CPUS_TOKEN),
+                           step_cpus_token=STEP_CPUS_TOKEN, header_cpus=job.site.header_cpus,
+                           ray_dir_prefix=RAY_DIR_PREFIX,
                            teardown_s=TEARDOWN_S, walltime_s=walltime_s,
                            walltime_hms=format_walltime(walltime_s))

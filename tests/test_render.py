@@ -131,11 +131,26 @@ def test_slurm_header(tmp_path):
     job = job_for("slurm-h100", "405b", "aurora-fom", tmp_path, queue="gpu")
     text = render_job(job)
     for line in (f"#SBATCH --nodes={job.plan.nodes}", "#SBATCH --ntasks-per-node=1", "#SBATCH --gpus-per-node=4",
-                 "#SBATCH --account=PROJ", "#SBATCH --partition=gpu", "#SBATCH --exclusive",
-                 "#SBATCH --signal=B:USR1@90", "#SBATCH --cpus-per-task=64"):
+                 "#SBATCH --account=PROJ", "#SBATCH --partition=gpu", "#SBATCH --exclusive"):
         assert line + "\n" in text
-    # Every step asks for the node's CPUs: where Slurm binds tasks to cores, a step without it gets one.
-    assert "srun --nodes=1 --ntasks=1 --cpus-per-task=64 --overlap --nodelist" in text
+    # The driver stops before the time limit by itself; the exclusive job holds every CPU of its nodes.
+    assert "#SBATCH --signal" not in text and "#SBATCH --cpus-per-task" not in text
+    # Every step asks for the CPUs the job holds on a node: where Slurm binds tasks to cores, a step
+    # asking for none gets one, and so would every Ray worker and vLLM process it starts.
+    assert 'srun --nodes=1 --ntasks=1 --cpus-per-task="$STEP_CPUS" --overlap --nodelist "$node"' in text
+    assert 'STEP_CPUS="${SLURM_CPUS_ON_NODE:-1}"' in text
+
+
+def test_a_shared_node_job_asks_for_the_nodes_cpus(tmp_path):
+    text = render_job(job_for(str(TEST_SITES / "slurm-local.yaml"), "tiny", "smoke", tmp_path))
+    assert "#SBATCH --cpus-per-task=2\n" in text  # not exclusive: node.cpus
+
+
+def test_nothing_runs_python_before_the_sites_software_is_loaded(tmp_path):
+    """PY is the site's python3 only after its modules and setup lines (Aurora: module load frameworks)."""
+    text = render_job(job_for("aurora", "405b", "aurora-fom", tmp_path))
+    before = text[:text.index("# --- software environment")]
+    assert '"$PY"' not in before
 
 
 def test_pbs_requires_account(tmp_path):

@@ -61,11 +61,13 @@ class SchedulerSettings(Strict):
     exclusive: bool = False
     gpus_per_node_directive: bool = Field(True, description="Slurm: request --gpus-per-node")
     cpus_per_task: int | None = Field(
-        None, ge=1, description="Slurm --cpus-per-task for the job and its steps (default: node.cpus)")
+        None, ge=1, description="Slurm --cpus-per-task for the job (default: node.cpus, or nothing with "
+                                "exclusive); each step gets what the job holds on its node")
     directives: list[str] = Field(default_factory=list, description="extra header options, verbatim")
     max_nodes: int = Field(1, ge=1, description="most nodes one job may use")
     accounting: Literal["auto", "yes", "no"] = "auto"
-    timeout_signal_s: int = Field(90, ge=0, description="Slurm: warn the job this long before its time limit")
+    timeout_signal_s: int = Field(
+        0, ge=0, description="Slurm: USR1 this long before the time limit (0: none; the driver stops in time by itself)")
 
     @field_validator("walltime")
     @classmethod
@@ -182,11 +184,12 @@ class Site(Strict):
                                description="variables passed by name from the submitting environment")
 
     @property
-    def step_cpus(self) -> int | None:
-        """CPUs the job asks for per node, and each launcher step on a node (Slurm binds tasks to them)."""
+    def header_cpus(self) -> int | None:
+        """Slurm --cpus-per-task for the job: scheduler.cpus_per_task, else node.cpus unless the job has
+        the whole node anyway (--exclusive; a node.cpus above what a job may use would be refused)."""
         if self.scheduler.kind != "slurm":
             return None
-        return self.scheduler.cpus_per_task or self.node.cpus
+        return self.scheduler.cpus_per_task or (None if self.scheduler.exclusive else self.node.cpus)
 
     @field_validator("ray")
     @classmethod
