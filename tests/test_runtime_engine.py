@@ -31,7 +31,8 @@ def test_serve_tp2_cpu_binds_one_core_per_worker(tmp_path: Path, tiny_model: Pat
     assert "VLLM_CPU_OMP_THREADS_BIND" not in server_env(job)
 
 
-def test_replicas_on_every_node_through_the_launcher(tmp_path: Path, tiny_model: Path) -> None:
+def test_replicas_on_every_node_through_the_launcher(tmp_path: Path, tiny_model: Path, monkeypatch) -> None:
+    monkeypatch.setenv("HPCBENCH_STEP_CPUS", "2")  # what the batch script found the job holds per node
     job = make_job(tmp_path / "exp", tiny_model, site=str(SITES / "slurm-local.yaml"), nodes=2, mode="replicas")
     specs = plan_servers(job, ["node1", "node2"], {"node1": "10.0.0.1", "node2": "10.0.0.2"}, port_offset=50,
                          head_ip="10.0.0.1")
@@ -39,9 +40,14 @@ def test_replicas_on_every_node_through_the_launcher(tmp_path: Path, tiny_model:
     assert [s.port for s in specs] == [job.ports.engine + 50, job.ports.engine + 51]
     assert [s.url for s in specs] == [f"http://10.0.0.1:{job.ports.engine + 50}",
                                       f"http://10.0.0.2:{job.ports.engine + 51}"]
-    assert specs[0].argv == job.engine_command(specs[0].port)
+    # Every server starts through the node module (its node's own address in VLLM_HOST_IP); the head's
+    # right here, the others through the launcher with the CPUs the job holds on their node.
+    here = specs[0].argv
+    assert here[:5] == [job.python, "-m", "hpcbench.runtime.node", "exec", job.experiment]
+    assert here[5:8] == ["node1", "engine-0", "--"] and here[-len(specs[0].engine_argv):] == specs[0].engine_argv
     remote = specs[1].argv
-    assert remote[:5] == ["srun", "--nodes=1", "--ntasks=1", "--overlap", "--nodelist"] and remote[5] == "node2"
+    assert remote[:6] == ["srun", "--nodes=1", "--ntasks=1", "--cpus-per-task=2", "--overlap", "--nodelist"]
+    assert remote[6] == "node2" and remote[7:10] == [job.python, "-m", "hpcbench.runtime.node"]
     assert "VLLM_CPU_KVCACHE_SPACE=2" in remote
     assert remote[-len(specs[1].engine_argv):] == specs[1].engine_argv
 

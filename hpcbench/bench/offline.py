@@ -13,7 +13,8 @@ from typing import Any
 
 from hpcbench.bench import prompts
 from hpcbench.bench.metrics import Sample, point_metrics
-from hpcbench.bench.rows import SweepResult, append_requests, append_row, done_points, provenance
+from hpcbench.bench.rows import (Deadline, SweepResult, append_requests, append_row, check_point, pending_points,
+                                 provenance, run_points)
 from hpcbench.config.job import Job
 from hpcbench.config.sweep import SweepPoint
 from hpcbench.experiment import Experiment, utc_now
@@ -45,8 +46,10 @@ def _generate(llm: Any, batch: list[list[int]], output_len: int) -> tuple[list[A
     return outs, time.perf_counter() - t0
 
 
-def run_offline_point(job: Job, exp: Experiment, llm: Any, point: SweepPoint, ids: list[int]) -> dict[str, Any]:
-    """Batches of `concurrency` prompts until num_requests are done; one row."""
+def run_offline_point(job: Job, exp: Experiment, llm: Any, point: SweepPoint, ids: list[int],
+                      stop: threading.Event | None = None) -> dict[str, Any] | None:
+    """Batches of `concurrency` prompts until num_requests are done; one row. None when stopped between
+    batches (nothing written); PointFailed when no batch succeeded (nothing written)."""
     started = utc_now()
     batch = point.concurrency or 1
     seed = prompts.seed_for(job.sweep.name, point.point_id, "measured")
@@ -57,6 +60,8 @@ def run_offline_point(job: Job, exp: Experiment, llm: Any, point: SweepPoint, id
         _generate(llm, warm, point.output_len)
     records, ok, elapsed = [], [], 0.0
     for start in range(0, len(all_prompts), batch):
+        if stop is not None and stop.is_set():
+            return None
         chunk = all_prompts[start:start + batch]
         t_sent = time.time()
         try:
@@ -74,6 +79,7 @@ def run_offline_point(job: Job, exp: Experiment, llm: Any, point: SweepPoint, id
                             "sent_at": round(t_sent, 6), "ttft_ms": None, "latency_ms": None, "itl_ms": None,
                             "batch_elapsed_ms": round(dt * 1000, 3), "prompt_tokens": pt,
                             "output_tokens": ot if o is not None else None, "error": error})
+    check_point(point, [r["error"] for r in records if r["error"]], len(records))
     row = provenance(job, exp, point, "offline")
     row.update(started_at=started, finished_at=utc_now())
     row.update(point_metrics(ok, elapsed, job.plan.accelerators_held, input_len=point.input_len,
@@ -86,24 +92,13 @@ def run_offline_point(job: Job, exp: Experiment, llm: Any, point: SweepPoint, id
 
 
 def run_offline_sweep(job: Job, exp: Experiment, stop: threading.Event | None = None,
-                      llm: Any | None = None) -> SweepResult:
-    """Every offline point of job.sweep not yet in results/points.csv; stops between points."""
-    points = job.sweep.points()
-    done = done_points(exp.points_csv)
-    result = SweepResult(total=len(points), skipped=[p.point_id for p in points if p.point_id in done])
-    todo = [p for p in points if p.point_id not in done]
+                      llm: Any | None = None, deadline: Deadline | None = None) -> SweepResult:
+    """Every offline point of job.sweep not yet done in results/points.csv; the stop event and the
+    deadline are checked before each point and between a point's batches."""
+    result, todo = pending_points(job, exp)
     if todo and llm is None:
-        exp.set_phase("sweeping", "loading the model in-process", done=len(done), total=len(points))
+        exp.set_phase("sweeping", "loading the model in-process", done=result.done, total=result.total)
         llm = make_llm(job)
     ids = prompts.usable_token_ids(job.model_path, job.model.vocab) if todo else []
-    for point in todo:
-        if stop is not None and stop.is_set():
-            result.stopped = True
-            break
-        exp.set_phase("sweeping", point.point_id, done=len(done), total=len(points))
-        row = run_offline_point(job, exp, llm, point, ids)
-        done.add(point.point_id)
-        result.ran.append(point.point_id)
-        result.failed_requests += int(row["failed"])
-    exp.set_phase("sweeping", "stopped" if result.stopped else "all points done", done=len(done), total=len(points))
-    return result
+    return run_points(exp, todo, result, lambda point: run_offline_point(job, exp, llm, point, ids, stop),
+                      stop, deadline)

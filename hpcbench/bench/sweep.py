@@ -5,18 +5,23 @@ from __future__ import annotations
 import json
 import sys
 import threading
+import time
 import urllib.request
+from collections.abc import Callable
 from typing import Any, Sequence
 
 from hpcbench.bench import client, prompts
 from hpcbench.bench.metrics import Sample, point_metrics, summary_ms
 from hpcbench.bench.progress import PointProgress
-from hpcbench.bench.rows import SweepResult, append_requests, append_row, done_points, provenance
+from hpcbench.bench.rows import (Deadline, PointFailed, SweepResult, append_requests, append_row, check_point,
+                                 pending_points, provenance, run_points)
 from hpcbench.config.job import Job
 from hpcbench.config.sweep import SweepPoint
 from hpcbench.experiment import Experiment, utc_now
+from hpcbench.runtime.engine import POLL_S, probe
 
 PATHS = {"completions": "/v1/completions", "chat": "/v1/chat/completions"}
+SETTLE_S = 2 * POLL_S  # after failed requests: time for a dying engine's process to end
 
 
 def served_model(endpoint: str, fallback: str) -> str:
@@ -53,8 +58,10 @@ def request_record(point_id: str, r: client.Result) -> dict[str, Any]:
 
 
 def run_point(job: Job, exp: Experiment, point: SweepPoint, endpoints: Sequence[str], model: str,
-              stop: threading.Event | None, balancer: client.Balancer) -> tuple[dict[str, Any], bool]:
-    """Run one point; returns its row and whether it was stopped (a stopped point writes nothing)."""
+              stop: threading.Event | None, balancer: client.Balancer,
+              alive: Callable[[], bool] | None = None) -> dict[str, Any] | None:
+    """Run one point and write it; returns its row, or None when stopped (a stopped point writes
+    nothing). Raises PointFailed, writing nothing, when its engine died or no request completed."""
     s = point.scenario
     started = utc_now()
     reqs = build_requests(job, point, model, "measured", point.num_requests)
@@ -67,7 +74,18 @@ def run_point(job: Job, exp: Experiment, point: SweepPoint, endpoints: Sequence[
         on_done=lambda r: bar.update(r.output_tokens, r.ok)))
     bar.close()
     if outcome.stopped:
-        return {}, True
+        return None
+    errors = [r.error or "no answer" for r in outcome.results if not r.ok]
+    if errors:
+        # Requests fail the moment an engine dies; its process may exit seconds later (a launcher
+        # wrapping a remote replica later still, and vLLM's API server answers 500 for a while after its
+        # engine died): give it that time, then ask the process and every endpoint itself.
+        time.sleep(SETTLE_S)
+    check_point(point, errors, len(outcome.results), alive)
+    down = [e for e in endpoints if not probe(e)] if errors else []
+    if down:
+        raise PointFailed(f"{len(errors)} request(s) of point {point.point_id} failed and {', '.join(down)} "
+                          f"no longer answers; first error: {errors[0]}")
     samples = [Sample(ok=r.ok, prompt_tokens=r.prompt_tokens, output_tokens=r.output_tokens or 0,
                       ttft=r.ttft, latency=r.latency, itl=r.itl) for r in outcome.results]
     row = provenance(job, exp, point, s.api)
@@ -76,33 +94,23 @@ def run_point(job: Job, exp: Experiment, point: SweepPoint, endpoints: Sequence[
                              input_len=point.input_len, output_len=point.output_len,
                              slo=s.slo.model_dump(),
                              achieved_rate=outcome.achieved_rate() if point.request_rate is not None else None))
-    errors = [r.error for r in outcome.results if not r.ok]
     if errors:
         print(f"[{point.point_id}] {len(errors)} failed requests; first: {errors[0]}", file=sys.stderr, flush=True)
     append_requests(exp.requests_jsonl, [request_record(point.point_id, r) for r in outcome.results])
     append_row(exp.points_csv, row)
-    return row, False
+    return row
 
 
-def run_sweep(job: Job, exp: Experiment, endpoints: list[str], stop: threading.Event | None = None) -> SweepResult:
-    """Every point of job.sweep not yet in results/points.csv, against the endpoints (base URLs)."""
-    points = job.sweep.points()
-    done = done_points(exp.points_csv)
-    result = SweepResult(total=len(points), skipped=[p.point_id for p in points if p.point_id in done])
-    todo = [p for p in points if p.point_id not in done]
+def run_sweep(job: Job, exp: Experiment, endpoints: list[str], stop: threading.Event | None = None,
+              deadline: Deadline | None = None, alive: Callable[[], bool] | None = None) -> SweepResult:
+    """Every point of job.sweep not yet done in results/points.csv, against the endpoints (base URLs).
+    deadline: no point starts that the previous one says cannot finish by then (the caller's alarm
+    sets stop at the deadline itself). alive: whether the engines still run, asked before each write."""
+    result, todo = pending_points(job, exp)
     model = served_model(endpoints[0], job.model.name)
+    if todo:  # the tokenizer's one-time load must not count in the first point's time (the deadline's estimate)
+        prompts.usable_token_ids(job.model_path, job.model.vocab)
     balancer = client.Balancer(endpoints)  # one for the sweep: its per-endpoint counts cover every point
-    for point in todo:
-        if stop is not None and stop.is_set():
-            result.stopped = True
-            break
-        exp.set_phase("sweeping", point.point_id, done=len(done), total=len(points))
-        row, stopped = run_point(job, exp, point, endpoints, model, stop, balancer)
-        if stopped:
-            result.stopped = True
-            break
-        done.add(point.point_id)
-        result.ran.append(point.point_id)
-        result.failed_requests += int(row["failed"])
-    exp.set_phase("sweeping", "stopped" if result.stopped else "all points done", done=len(done), total=len(points))
-    return result
+    return run_points(exp, todo, result,
+                      lambda point: run_point(job, exp, point, endpoints, model, stop, balancer, alive),
+                      stop, deadline)

@@ -1,8 +1,12 @@
 """The in-job driver (`hpcbench driver EXP`, run on the head node by the batch script).
 
 starting -> ray (all nodes joined) -> loading (engine starting) -> ready -> sweeping -> done, or failed
-with a one-line reason in phase.json. SIGTERM/SIGINT/SIGUSR1 set a stop event; the servers are always
-stopped before the driver returns, and the exit code says how it ended (0, 1, or 128 + signal).
+with a one-line reason in phase.json. SIGTERM/SIGINT/SIGUSR1 set a stop event; so does the job's end:
+the batch script exports HPCBENCH_DEADLINE (epoch seconds at which the scheduler kills the job) and
+HPCBENCH_TEARDOWN_S (what it needs after the driver), and the driver ends before their difference
+(PBS sends no signal before its walltime kill). The servers are always stopped before the driver
+returns, and the exit code says how it ended: 0, 1, 2 (configuration), 124 (out of time: resume
+runs the rest) or 128 + signal.
 """
 
 from __future__ import annotations
@@ -17,17 +21,35 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hpcbench.bench.rows import Deadline, PointFailed, SweepResult
 from hpcbench.config.errors import UserError
 from hpcbench.config.job import Job
 from hpcbench.experiment import CONFIG, Experiment, atomic_write, utc_now
+from hpcbench.render import TEARDOWN_S  # what the batch script needs after the driver, when it does not say
 from hpcbench.runtime import engine, provenance
 from hpcbench.runtime.cluster import ClusterError, wait_for_cluster
+
+SWEEP_JOIN_S = 2.0  # a stopped sweep aborts its point within a fraction of a second
+# From the stop event to this process's end: the watcher's poll, the sweep's join, the servers' stop.
+STOP_S = engine.POLL_S + SWEEP_JOIN_S + engine.STOP_GRACE_S + engine.KILL_WAIT_S + 2.0
+WALLTIME_EXIT = 124
+
 
 def pgids_file(job_id: str) -> str:
     """Read by the batch script's teardown if this driver is killed. Named per job: a resumed job may
     start in the same directory while the previous one is still tearing down."""
     return f".server-pgids-{job_id}"
-SWEEP_JOIN_S = 60.0
+
+
+def _seconds(env: Any, name: str) -> float | None:
+    """A number of seconds from the batch script, or None when unset."""
+    text = (env.get(name) or "").strip()
+    if not text:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise UserError(f"{name} must be a number of seconds, got {text!r}") from None
 
 
 @dataclass(frozen=True)
@@ -39,6 +61,7 @@ class JobEnv:
     head_ip: str
     port_offset: int
     ray_address: str
+    must_end: float | None = None  # epoch seconds: HPCBENCH_DEADLINE - HPCBENCH_TEARDOWN_S
 
     @classmethod
     def from_environ(cls, job: Job, environ: dict[str, str] | None = None) -> "JobEnv":
@@ -50,37 +73,56 @@ class JobEnv:
         except ValueError:
             raise UserError(f"HPCBENCH_PORT_OFFSET must be an integer, got {env['HPCBENCH_PORT_OFFSET']!r}") from None
         address = env.get("RAY_ADDRESS") or f"{head_ip}:{job.ports.ray + offset}"
-        return cls(env.get("HPCBENCH_JOB_ID") or str(os.getpid()), nodes, head_ip, offset, address)
+        kill_at, teardown = _seconds(env, "HPCBENCH_DEADLINE"), _seconds(env, "HPCBENCH_TEARDOWN_S")
+        must_end = None if kill_at is None else kill_at - (TEARDOWN_S if teardown is None else teardown)
+        return cls(env.get("HPCBENCH_JOB_ID") or str(os.getpid()), nodes, head_ip, offset, address, must_end)
+
+    def deadline(self) -> Deadline | None:
+        """When the work must stop, leaving the driver STOP_S to stop its sweep and servers."""
+        return None if self.must_end is None else Deadline(self.must_end - STOP_S)
 
 
 class Stopper:
-    """Signal handlers that only set an event (the work notices it) and remember the first signal."""
+    """Signal handlers and the deadline's alarm only set an event (the work notices it); the first
+    cause is remembered: a signal, or the walltime."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 
     def __init__(self) -> None:
         self.event = threading.Event()
         self.signum: int | None = None
+        self.walltime = False
         self._old: dict[int, Any] = {}
+        self._alarm: threading.Timer | None = None
 
     def _handle(self, signum: int, _frame: Any) -> None:
-        if self.signum is None:
+        if self.signum is None and not self.walltime:
             self.signum = signum
             print(f"hpcbench driver: {signal.Signals(signum).name} received, stopping", flush=True)
         self.event.set()
 
-    def install(self) -> "Stopper":
+    def _expire(self) -> None:
+        if self.signum is None and not self.event.is_set():
+            self.walltime = True
+            say("the job's time is nearly up, stopping")
+        self.event.set()
+
+    def install(self, deadline: Deadline | None = None) -> "Stopper":
         for sig in self.SIGNALS:
             self._old[sig] = signal.signal(sig, self._handle)
+        if deadline is not None:
+            self._alarm = deadline.alarm(self._expire)
         return self
 
     def restore(self) -> None:
+        if self._alarm is not None:
+            self._alarm.cancel()
         for sig, old in self._old.items():
             signal.signal(sig, old)
 
     @property
     def exit_code(self) -> int:
-        return 128 + self.signum if self.signum else 1
+        return 128 + self.signum if self.signum else WALLTIME_EXIT if self.walltime else 1
 
     def reason(self) -> str:
         return f"stopped by {signal.Signals(self.signum).name}" if self.signum else "stopped"
@@ -88,6 +130,10 @@ class Stopper:
 
 class Failed(Exception):
     """Ends the run with phase failed and this one-line reason."""
+
+
+class Walltime(Exception):
+    """The job's time is (nearly) up: phase failed with this reason, exit code 124; resume runs the rest."""
 
 
 def say(text: str) -> None:
@@ -160,7 +206,7 @@ class Run:
                            endpoints=[s.url for s in self.servers])
         say(f"ready after {seconds:.1f} s")
 
-    def sweep_servers(self) -> Any:
+    def sweep_servers(self) -> SweepResult | None:
         """Run the sweep in a thread while this one watches the servers and the stop event."""
         from hpcbench.bench.sweep import run_sweep
 
@@ -168,33 +214,32 @@ class Run:
 
         def work() -> None:
             try:
-                box["result"] = run_sweep(self.job, self.exp, [s.url for s in self.servers], self.stop)
+                box["result"] = run_sweep(self.job, self.exp, [s.url for s in self.servers], self.stop,
+                                          self.env.deadline(), alive=lambda: not engine.dead(self.servers))
             except BaseException as exc:  # reported by the watching thread
                 box["error"] = exc
                 box["trace"] = traceback.format_exc()
 
         thread = threading.Thread(target=work, name="sweep", daemon=True)
         thread.start()
-        crashed: list[engine.Server] = []
         while thread.is_alive():
-            thread.join(1.0)
-            crashed = engine.dead(self.servers)
-            if crashed or self.stop.is_set():
-                self.stop.set()
+            thread.join(engine.POLL_S)
+            if engine.dead(self.servers) or self.stop.is_set():
+                self.stop.set()  # the running point is aborted and not written
                 thread.join(SWEEP_JOIN_S)
                 break
+        # Also after the sweep ended by itself: it may have found the engine dead first.
+        crashed = engine.dead(self.servers)
         if crashed:
-            s = crashed[0]
-            tail = engine.log_tail(s.log)
-            say(f"{s.spec.name} exited with code {s.proc.returncode} during the sweep\n{tail}")
-            raise Failed(f"{s.spec.name} on {s.spec.node} exited with code {s.proc.returncode} during the "
-                         f"sweep: {engine.last_error_line(tail)}")
+            reason = engine.crash_reason(crashed[0], "during the sweep")
+            say(f"{reason}\n{engine.log_tail(crashed[0].log)}")
+            raise Failed(reason)
         if "error" in box:
             say(box["trace"])
             raise Failed(f"sweep failed: {one_line(box['error'])}")
         return box.get("result")
 
-    def offline(self) -> Any:
+    def offline(self) -> SweepResult:
         from hpcbench.bench.offline import make_llm, run_offline_sweep
 
         say("loading the model in-process (offline mode)")
@@ -203,12 +248,22 @@ class Run:
         os.environ.update(engine.server_env(self.job))
         llm = make_llm(self.job)
         self.mark_ready(time.monotonic() - self.t_start)
-        if self.stop.is_set():
-            return None
+        self.check_stop()
         self.exp.set_phase("sweeping", "starting")
-        return run_offline_sweep(self.job, self.exp, self.stop, llm=llm)
+        try:
+            return run_offline_sweep(self.job, self.exp, self.stop, llm=llm, deadline=self.env.deadline())
+        except PointFailed as exc:
+            raise Failed(f"sweep failed: {one_line(exc)}") from exc
 
     def main(self) -> int:
+        try:
+            return self.steps()
+        except InterruptedError:
+            if self.stopper.walltime:
+                raise Walltime(f"stopped while {self.exp.phase().get('phase', 'starting')}") from None
+            raise
+
+    def steps(self) -> int:
         exp, job, env = self.exp, self.job, self.env
         exp.set_phase("starting", f"job {env.job_id} on {len(env.nodes)} node(s)")
         node_ips = self.cluster()
@@ -226,12 +281,23 @@ class Run:
             self.check_stop()
             exp.set_phase("sweeping", "starting")
             result = self.sweep_servers()
-        self.check_stop()
-        if result is not None and getattr(result, "stopped", False):
-            raise Failed("sweep stopped before its end")
+        self.check_result(result)
         exp.set_phase("done", _summary(result))
         say(f"done: {_summary(result)}")
         return 0
+
+    def check_result(self, result: SweepResult | None) -> None:
+        """How a sweep that returned ended: a point refused for the walltime, cut short, or whole."""
+        if result is not None and result.complete:
+            return  # every point is in: an alarm or a signal after the last point changes nothing
+        if result is not None and result.refused:
+            raise Walltime(result.refused)
+        if self.stopper.walltime:
+            at = result.stopped_at if result is not None else None
+            raise Walltime(f"stopped during point {at}, not written" if at else "stopped between points")
+        self.check_stop()
+        if result is not None and result.stopped:
+            raise Failed("sweep stopped before its end")
 
     def check_stop(self) -> None:
         if self.stop.is_set():
@@ -244,14 +310,10 @@ class Run:
             _record_pgids(self.exp, self.env.job_id, [])
 
 
-def _summary(result: Any) -> str:
+def _summary(result: SweepResult | None) -> str:
     if result is None:
         return "no sweep result"
-    ran, total = getattr(result, "ran", None), getattr(result, "total", None)
-    failed = getattr(result, "failed_requests", 0)
-    if ran is not None and total is not None:
-        return f"{len(ran)} point(s) run of {total}, {failed} failed request(s)"
-    return str(result)[:200]
+    return f"{len(result.ran)} point(s) run of {result.total}, {result.failed_requests} failed request(s)"
 
 
 def run_driver(exp_dir: Path) -> int:
@@ -259,15 +321,21 @@ def run_driver(exp_dir: Path) -> int:
     exp = Experiment(Path(exp_dir).absolute())
     try:
         job = Job.load(exp.file(CONFIG))
+        env = JobEnv.from_environ(job)
     except UserError as exc:
         exp.set_phase("failed", one_line(exc))
         raise
-    stopper = Stopper().install()
+    stopper = Stopper().install(env.deadline())
     exp.mark_started()
-    run = Run(exp, job, JobEnv.from_environ(job), stopper)
+    run = Run(exp, job, env, stopper)
     code = 1
     try:
         code = run.main()
+    except Walltime as exc:
+        code = WALLTIME_EXIT
+        detail = f"walltime: {exc}; run `hpcbench submit --resume {exp.path}`"
+        exp.set_phase("failed", detail)
+        say(detail)
     except InterruptedError:
         code = stopper.exit_code
         exp.set_phase("failed", stopper.reason())

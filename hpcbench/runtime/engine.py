@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 
 POLL_S = 1.0
 LOG_TAIL_LINES = 25
+STOP_GRACE_S = 3.0  # TERM -> KILL: vLLM exits in 1-2 s on TERM; PBS kills 10 s after its own TERM
+KILL_WAIT_S = 2.0
 
 
 class EngineError(RuntimeError):
@@ -94,16 +96,25 @@ def server_env(job: "Job", replica_on_node: int = 0) -> dict[str, str]:
     return env
 
 
+def on_node(job: "Job", node: str, role: str, argv: list[str], env: Mapping[str, str], here: bool) -> list[str]:
+    """argv as started on node: through `hpcbench.runtime.node exec`, which sets that node's own
+    address (VLLM_HOST_IP, by the site's network rule) and records it; through the launcher unless it is
+    this node. The variables are passed on the command line: a launcher may not forward our environment."""
+    inner = [job.python, "-m", "hpcbench.runtime.node", "exec", job.experiment, node, role, "--",
+             "env", *(f"{k}={v}" for k, v in env.items()), *argv]
+    return inner if here else node_command(job.site.launcher, node, inner, os.environ.get("HPCBENCH_STEP_CPUS"))
+
+
 def plan_servers(job: "Job", nodes: Sequence[str], node_ips: Mapping[str, str], port_offset: int,
                  head_ip: str = "127.0.0.1") -> list[ServerSpec]:
     """The servers of this job. serve/offline: one on the head spanning all nodes (TP/PP of the plan).
     replicas: plan.replicas_per_node on every node; replica i (counted over the whole job, so nodes
     sharing one host never collide) on port engine + offset + i."""
     base = job.ports.engine + port_offset
-    launcher = job.site.launcher
     if job.mode != "replicas":
-        argv = job.engine_command(base)
-        return [ServerSpec("engine-0", nodes[0], head_ip, base, list(argv), list(argv), server_env(job))]
+        argv, env = job.engine_command(base), server_env(job)
+        return [ServerSpec("engine-0", nodes[0], head_ip, base, on_node(job, nodes[0], "engine-0", argv, env, True),
+                           list(argv), env)]
     specs: list[ServerSpec] = []
     i = 0
     for n, node in enumerate(nodes[: job.plan.nodes] if job.plan.nodes else nodes):
@@ -111,15 +122,10 @@ def plan_servers(job: "Job", nodes: Sequence[str], node_ips: Mapping[str, str], 
             if len(specs) >= job.plan.replicas:
                 break
             port = base + i
-            argv = job.engine_command(port)
-            env = server_env(job, k)
-            if n == 0:
-                wrapped = list(argv)
-            else:
-                # Pass the per-replica variables explicitly: the launcher may not forward our env.
-                wrapped = node_command(launcher, node, ["env", *(f"{k_}={v}" for k_, v in env.items()), *argv])
+            argv, env = job.engine_command(port), server_env(job, k)
             host = head_ip if n == 0 else node_ips.get(node, node)
-            specs.append(ServerSpec(f"engine-{i}", node, host, port, wrapped, list(argv), env))
+            specs.append(ServerSpec(f"engine-{i}", node, host, port, on_node(job, node, f"engine-{i}", argv, env, n == 0),
+                                    list(argv), env))
             i += 1
     return specs
 
@@ -140,10 +146,11 @@ def start_server(spec: ServerSpec, logs: Path, extra_env: Mapping[str, str] | No
     return Server(spec, proc, log)
 
 
-def stop_server(server: Server, grace_s: float = 20.0) -> int | None:
-    """TERM to the whole process group, a bounded wait, then KILL; returns the exit code."""
+def stop_server(server: Server, grace_s: float = STOP_GRACE_S) -> int | None:
+    """TERM to the whole process group, a short wait, then KILL; returns the exit code. Bounded by
+    grace_s + KILL_WAIT_S so a stopped job ends well within the scheduler's kill delay."""
     proc = server.proc
-    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, KILL_WAIT_S)):
         try:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:
@@ -161,13 +168,13 @@ def stop_server(server: Server, grace_s: float = 20.0) -> int | None:
     return proc.poll()
 
 
-def stop_servers(servers: Sequence[Server], grace_s: float = 20.0) -> None:
+def stop_servers(servers: Sequence[Server], grace_s: float = STOP_GRACE_S) -> None:
     """Stop all servers in parallel (each has its own bounded wait)."""
     threads = [threading.Thread(target=stop_server, args=(s, grace_s), daemon=True) for s in servers]
     for t in threads:
         t.start()
     for t in threads:
-        t.join(grace_s + 10)
+        t.join(grace_s + KILL_WAIT_S + 1)
 
 
 def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
@@ -218,10 +225,32 @@ def probe(url: str) -> bool:
         return False
 
 
+def how_it_ended(returncode: int) -> str:
+    """How a process ended, from Popen's returncode (-N for signal N): "exited with code 1" or
+    "was killed by signal 9 (SIGKILL)"."""
+    if returncode >= 0:
+        return f"exited with code {returncode}"
+    try:
+        name = f" ({signal.Signals(-returncode).name})"
+    except ValueError:
+        name = ""
+    return f"was killed by signal {-returncode}{name}"
+
+
+def crash_reason(server: Server, when: str) -> str:
+    """One line: which server, where, how it ended and (for an exit code) the log's telling line. A
+    killed server's last log line says nothing about its end (often an HTTP access line): left out."""
+    code = server.proc.poll()
+    ended = "stopped" if code is None else how_it_ended(code)
+    text = f"{server.spec.name} on {server.spec.node} {ended} {when}"
+    if code is not None and code >= 0:
+        text += f": {last_error_line(log_tail(server.log))}"
+    return text
+
+
 def crash_error(server: Server) -> EngineError:
-    tail = log_tail(server.log)
-    return EngineError(f"{server.spec.name} on {server.spec.node} exited with code {server.proc.returncode} "
-                       f"while loading: {last_error_line(tail)}\n--- last lines of {server.log} ---\n{tail}")
+    return EngineError(f"{crash_reason(server, 'while loading')}\n--- last lines of {server.log} ---\n"
+                       f"{log_tail(server.log)}")
 
 
 def wait_ready(servers: Sequence[Server], timeout_s: float, stop: threading.Event | None = None,
