@@ -22,7 +22,7 @@ from fixtures.vllm import free_port, make_job, processes_with
 from hpcbench.bench.rows import Deadline
 from hpcbench.config.errors import UserError
 from hpcbench.experiment import Experiment
-from hpcbench.render import render_job
+from hpcbench.render import TEARDOWN_S, render_job
 from hpcbench.runtime.driver import STOP_S, WALLTIME_EXIT, JobEnv, Stopper
 from hpcbench.runtime.engine import how_it_ended
 from hpcbench.runtime.provenance import environment
@@ -223,7 +223,7 @@ def test_deadline_from_the_batch_script(tmp_path: Path, tiny_model: Path) -> Non
     job = make_job(tmp_path / "env", tiny_model)
     env = JobEnv.from_environ(job, {"HPCBENCH_DEADLINE": "10000", "HPCBENCH_TEARDOWN_S": "20"})
     assert env.must_end == 9980 and env.deadline() == Deadline(9980 - STOP_S)
-    assert JobEnv.from_environ(job, {"HPCBENCH_DEADLINE": "10000"}).must_end == 10000 - 30
+    assert JobEnv.from_environ(job, {"HPCBENCH_DEADLINE": "10000"}).must_end == 10000 - TEARDOWN_S
     assert JobEnv.from_environ(job, {"HPCBENCH_DEADLINE": "10000", "HPCBENCH_TEARDOWN_S": "0"}).must_end == 10000
     assert JobEnv.from_environ(job, {}).deadline() is None
     with pytest.raises(UserError, match="HPCBENCH_DEADLINE must be a number of seconds, got 'soon'"):
