@@ -187,7 +187,12 @@ for req in map(Requirement, sys.argv[1:]):
 EOF
 }
 venv_ready() { PYTHON=$1 project_ready && build_tools_ready "$1"; }
-python_versions=$("$PYTHON" "$ROOT/scripts/python_versions.py" list)
+python_versions=""
+if [[ $PYTHON_ONLY == 1 ]]; then
+    skip "venvs of the other Python versions (--python-only: they are for the tests)"
+else
+    python_versions=$("$PYTHON" "$ROOT/scripts/python_versions.py" list)
+fi
 while read -r version interpreter venv; do
     [[ -n $version ]] || continue
     if [[ $interpreter == - ]]; then
