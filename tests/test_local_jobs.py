@@ -11,10 +11,11 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
+from fixtures.vllm import wait_for
 
 pytestmark = [pytest.mark.vllm, pytest.mark.ray]
 TESTS = Path(__file__).resolve().parent
@@ -60,15 +61,6 @@ def status(root: Path) -> dict:
     assert out.returncode == 0, out.stderr
     (row,) = json.loads(out.stdout)
     return row
-
-
-def wait_for(cond: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def sweep_points(sweep: Path) -> dict[str, int]:

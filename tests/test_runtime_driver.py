@@ -13,12 +13,11 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from fixtures.vllm import free_port, make_job, processes_with
+from fixtures.vllm import free_port, make_job, processes_with, wait_for
 from hpcbench.bench.rows import Deadline
 from hpcbench.config.errors import UserError
 from hpcbench.experiment import Experiment
@@ -29,15 +28,6 @@ from hpcbench.runtime.provenance import environment
 
 SITES = Path(__file__).parent / "sites"
 pytestmark = [pytest.mark.vllm, pytest.mark.ray]
-
-
-def wait_for(cond: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def rows(exp: Path) -> list[dict[str, str]]:
