@@ -2,17 +2,24 @@
 
 Heavy libraries (pandas, ray, vllm, torch, matplotlib) are imported only inside the subcommands that
 need them, so `--help`, `sites`, `models`, `plan` and `status` stay fast on slow login-node filesystems.
+
+Every mistake a user can make ends in one line on stderr and exit status 2: argparse's refusals (no usage
+block: `--help` shows it), the checks of hpcbench.config.values on each flag's value, and UserError
+from the commands. Output cut short by a closed pipe (`hpcbench sites | head -1`) ends quietly with
+exit status 141, as git and ls do (128 + SIGPIPE).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, NoReturn
 
 from hpcbench import __version__
+from hpcbench.config import values
 from hpcbench.config.errors import UserError
 
 EPILOG = """\
@@ -25,8 +32,71 @@ typical use:
 
 sites: built-in profiles (hpcbench sites), or your own YAML via --site ./mysite.yaml, ./sites/NAME.yaml
 or ~/.config/hpcbench/sites/NAME.yaml; a profile may `extends: aurora`. See docs/sites.md.
+`hpcbench COMMAND --help` shows each command's options, defaults and examples.
 """
 
+EXIT_USER_ERROR = 2
+EXIT_BROKEN_PIPE = 141  # what a shell reports for a program killed by SIGPIPE (git, ls)
+
+# The optional-dependencies of pyproject.toml, by the modules they provide; a command missing one of its
+# extra's modules names the extra to install instead of failing with a traceback.
+EXTRAS: dict[str, tuple[str, ...]] = {
+    "bench": ("aiohttp", "numpy", "tqdm"),
+    "report": ("pandas", "matplotlib"),
+    "model": ("numpy", "safetensors", "tokenizers"),
+}
+
+
+def printable(text: object) -> str:
+    """text with control and other non-printable characters escaped, so a message stays one line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a refusal is one line: `hpcbench plan: error: argument --tp: ...`."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {printable(message)} (see '{self.prog} --help')\n")
+
+    def _print_message(self, message: str, file: Any = None) -> None:
+        # argparse drops write errors; a closed pipe must reach main, which ends as for every command.
+        if message:
+            (file or sys.stderr).write(message)
+
+
+# --- flag values: the checks of hpcbench.config.values, so a flag is refused as a site file's key is ---
+
+def _flag(check: Callable[[Any, str], Any], convert: Callable[[str], Any] | None = None) -> Callable[[str], Any]:
+    """An argparse type: argparse names the flag, the check says what was expected and what was given."""
+
+    def parse(text: str) -> Any:
+        value: Any = text
+        if convert is not None:
+            try:
+                value = convert(text)
+            except ValueError:
+                pass  # not convertible: the check refuses the text as it was given
+        try:
+            return check(value, "value")
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return parse
+
+
+def _walltime(value: str, what: str) -> str:
+    values.parse_walltime(values.non_empty(value, what))
+    return value
+
+
+COUNT = _flag(values.positive_int, int)
+TEXT = _flag(values.non_empty)
+PATH = _flag(lambda v, what: Path(values.non_empty(v, what)))
+WORD = _flag(lambda v, what: values.scheduler_word(values.non_empty(v, what), what))
+WALLTIME = _flag(_walltime)
+
+
+# --- commands ---
 
 def _print_table(rows: list[dict], columns: list[str]) -> None:
     widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) if rows else len(c) for c in columns}
@@ -36,15 +106,15 @@ def _print_table(rows: list[dict], columns: list[str]) -> None:
 
 
 def cmd_sites(args: argparse.Namespace) -> int:
-    from hpcbench.config.site import load_site, site_files
+    from hpcbench.config.site import list_sites
 
-    rows = []
-    for name, path in sorted(site_files().items()):
-        s = load_site(str(path))
-        rows.append({"name": name, "scheduler": s.scheduler.kind, "launcher": s.launcher,
-                     "accelerator": s.node.accelerator, "per_node": s.node.accelerators,
-                     "gib_each": f"{s.node.memory_gib:g}", "max_nodes": s.scheduler.max_nodes,
-                     "file": str(path)})
+    sites, broken = list_sites()
+    rows = [{"name": name, "scheduler": s.scheduler.kind, "launcher": s.launcher,
+             "accelerator": s.node.accelerator, "per_node": s.node.accelerators,
+             "gib_each": f"{s.node.memory_gib:g}", "max_nodes": s.scheduler.max_nodes, "file": str(path)}
+            for name, path, s in sites]
+    for error in broken:  # one broken profile must not hide the others
+        print(f"hpcbench: warning: skipped {printable(error)}", file=sys.stderr)
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
@@ -66,12 +136,11 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from hpcbench.config import load_site, resolve_model
-    from hpcbench.plan import plan
+    from hpcbench.plan import DEFAULT_MODEL, DEFAULT_SITE, plan_for
     from hpcbench.plan_report import format_plan
 
-    p = plan(resolve_model(args.model or "tiny"), load_site(args.site or "local"), max_model_len=args.max_model_len,
-             dtype=args.dtype, mode=args.mode, nodes=args.nodes, tp=args.tp, concurrency=args.concurrency)
+    p = plan_for(args.site or DEFAULT_SITE, args.model or DEFAULT_MODEL, args.sweep, max_model_len=args.max_model_len,
+                 dtype=args.dtype, mode=args.mode, nodes=args.nodes, tp=args.tp, concurrency=args.concurrency)
     print(json.dumps(p.to_dict(), indent=2) if args.json else format_plan(p))
     return 0
 
@@ -101,30 +170,70 @@ def cmd_collect(args: argparse.Namespace) -> int:
 
 
 def cmd_driver(args: argparse.Namespace) -> int:
+    from hpcbench.experiment import CONFIG, Experiment
+
+    exp = Experiment(Path(args.experiment).absolute())
+    if not exp.file(CONFIG).is_file():  # the driver records failures in the directory: never create one
+        raise UserError(f"{args.experiment} is not an experiment directory (no {CONFIG})")
+    try:
+        import aiohttp  # noqa: F401  # the sweep's client: missing, the job fails now, saying which extra
+    except ModuleNotFoundError as exc:
+        exp.set_phase("failed", _missing_extra(args, exc) or str(exc))
+        raise
     from hpcbench.runtime.driver import run_driver
 
-    return run_driver(Path(args.experiment))
+    return run_driver(exp.path)
 
 
 def cmd_make_tiny_model(args: argparse.Namespace) -> int:
     from hpcbench.config.job import tiny_model_dir
     from hpcbench.runtime.tiny_model import make_tiny_model
 
-    path = make_tiny_model(Path(args.dir) if args.dir else tiny_model_dir(), force=args.force)
-    print(path)
+    print(make_tiny_model(args.dir or tiny_model_dir(), force=args.force))
     return 0
 
 
+# --- the parser ---
+
+PLAN_EXAMPLES = """\
+examples:
+  hpcbench plan --site slurm-h100 --model 70b --max-model-len 128000
+  hpcbench plan --site aurora --model 405b --json
+  hpcbench plan --site slurm-h100 --model 70b --mode replicas --nodes 2 --max-model-len 8192
+
+Without --max-model-len the engine is sized for the longest context the sweep needs, as submit does.
+"""
+
+SUBMIT_EXAMPLES = """\
+examples:
+  hpcbench submit --site aurora --model 405b --account MYPROJ --dry-run   # read the script first
+  hpcbench submit --site local --model tiny --sweep smoke --wait
+  hpcbench submit --resume hpcbench-runs/aurora/llama-3.1-405b-instruct/20250101T000000Z-abc123
+
+The experiment directory is <root>/<site>/<model>/<UTC timestamp>-<id>/ and holds job.sh,
+config.yaml, submit.json, logs/ and results/. --dry-run prints the script only and creates nothing.
+"""
+
+COLLECT_EXAMPLES = """\
+examples:
+  hpcbench collect -o report/
+  hpcbench collect runs/ --site aurora --format csv,md --no-plots
+  hpcbench collect --compare runs/aurora/405b/EXP_A runs/polaris/405b/EXP_B -o cmp/
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="hpcbench", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
         description="LLM inference benchmarks on HPC clusters: plan how a model fits a site, render and "
                     "submit one batch job (Ray + vLLM + the FOM sweep), track it, collect the results.")
     parser.add_argument("--version", action="version", version=f"hpcbench {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    def add(name: str, func: Callable[[argparse.Namespace], int], help: str, **kw) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help, description=help, **kw)
+    def add(name: str, func: Callable[[argparse.Namespace], int], help: str | None, **kw: Any) -> Parser:
+        # Without help= a subcommand works but is not listed (argparse would print ==SUPPRESS==).
+        listed = {"help": help, "description": help} if help else {}
+        p = sub.add_parser(name, formatter_class=argparse.RawDescriptionHelpFormatter, **listed, **kw)
         p.set_defaults(func=func)
         return p
 
@@ -134,83 +243,152 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     def plan_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--site", help="site name or YAML path (default: local)")
-        p.add_argument("--model", help="catalog name or alias, e.g. 405b (default: tiny)")
-        p.add_argument("--mode", choices=["serve", "replicas", "offline"], default=None,
+        p.add_argument("--site", type=TEXT, help="site name or YAML path (default: local)")
+        p.add_argument("--model", type=TEXT, help="catalog name, alias or HF id, e.g. 405b (default: tiny)")
+        p.add_argument("--sweep", type=TEXT, help="sweep name or YAML path (default: smoke on CPU sites, "
+                                                  "aurora-fom elsewhere)")
+        p.add_argument("--mode", choices=["serve", "replicas", "offline"],
                        help="serve: one engine over the nodes; replicas: one engine per node or GPU group; "
-                            "offline: vllm.LLM in-process")
-        p.add_argument("--nodes", type=int, help="nodes to use (default: the fewest that fit)")
-        p.add_argument("--tp", type=int, help="tensor parallel size (default: chosen by the planner)")
-        p.add_argument("--max-model-len", type=int, help="context length the engine must hold")
-        p.add_argument("--dtype", help="weights dtype (default: the site's)")
+                            "offline: vllm.LLM in-process (default: the sweep's, else serve)")
+        p.add_argument("--nodes", type=COUNT, help="nodes to use (default: the fewest that fit)")
+        p.add_argument("--tp", type=COUNT, help="tensor parallel size (default: chosen by the planner)")
+        p.add_argument("--max-model-len", type=COUNT, metavar="TOKENS",
+                       help="context length the engine must hold (default: the longest the sweep needs)")
+        p.add_argument("--dtype", type=TEXT, help="weights dtype, e.g. bfloat16, fp8 (default: the site's)")
 
-    p = add("plan", cmd_plan, "show how a model fits a site: memory arithmetic and the chosen TP/PP/nodes")
+    p = add("plan", cmd_plan, "show how a model fits a site: memory arithmetic and the chosen TP/PP/nodes",
+            epilog=PLAN_EXAMPLES)
     plan_args(p)
-    p.add_argument("--concurrency", type=int, default=1,
-                   help="full-length sequences the KV cache must hold at once (default 1)")
+    p.add_argument("--concurrency", type=COUNT, default=1,
+                   help="full-length sequences the KV cache must hold at once (default: 1)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.set_defaults(mode="serve")
 
     p = add("submit", cmd_submit, "plan, render the batch script, create the experiment directory, submit",
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-            epilog="The experiment directory is <root>/<site>/<model>/<UTC timestamp>-<id>/ and holds job.sh,\n"
-                   "config.yaml, submit.json, logs/ and results/. --dry-run prints the script only.")
+            epilog=SUBMIT_EXAMPLES)
     plan_args(p)
-    p.add_argument("--sweep", default=None, help="sweep name or YAML path (default: smoke on CPU sites, "
-                                                 "aurora-fom elsewhere)")
-    p.add_argument("--account", help="project/account to charge (PBS -A, Slurm --account)")
-    p.add_argument("--queue", help="PBS queue or Slurm partition (default: the site's, or the first row of its "
-                                   "queue table that takes the plan's nodes and walltime)")
-    p.add_argument("--walltime", help="HH:MM:SS, MM:SS or D-HH[:MM[:SS]] as Slurm reads them (default: the "
-                                      "site's); the driver stops in time and --resume runs the rest")
-    p.add_argument("--model-path", help="local model folder or HF id to load instead of the catalog's")
-    p.add_argument("--engine-timeout", type=int, help="seconds to wait for the engine to be ready")
-    p.add_argument("--root", type=Path, help="experiments root (default: $HPCBENCH_ROOT or ./hpcbench-runs)")
-    p.add_argument("--resume", metavar="EXP", help="re-run an experiment directory: only missing points run")
-    p.add_argument("--dry-run", action="store_true", help="print the script and where it would go; submit nothing")
+    p.add_argument("--account", type=WORD, help="project/account to charge (PBS -A, Slurm --account; "
+                                                "default: the site's)")
+    p.add_argument("--queue", type=WORD, help="PBS queue or Slurm partition (default: the site's, or the first "
+                                              "row of its queue table that takes the plan's nodes and walltime)")
+    p.add_argument("--walltime", type=WALLTIME,
+                   help="HH:MM:SS, MM:SS or D-HH[:MM[:SS]] as Slurm reads them (default: the site's); the "
+                        "driver stops in time and --resume runs the rest")
+    p.add_argument("--model-path", type=TEXT,
+                   help="local model folder or HF id to load instead of the catalog's (default: the catalog's)")
+    p.add_argument("--engine-timeout", type=COUNT, metavar="SECONDS",
+                   help="seconds to wait for the engine to be ready (default: the site's, else from the "
+                        "model's size)")
+    p.add_argument("--root", type=PATH, help="experiments root (default: $HPCBENCH_ROOT or ./hpcbench-runs)")
+    p.add_argument("--resume", type=TEXT, metavar="EXP",
+                   help="re-run an experiment directory: only missing points run")
+    p.add_argument("--dry-run", action="store_true", help="print the script and where it would go; create and "
+                                                          "submit nothing")
     p.add_argument("--wait", action="store_true", help="follow the job until it ends, showing its progress")
+    p.set_defaults(extra="model")  # the local site makes the tiny model before its first job
 
-    p = add("status", cmd_status, "every tracked job: state, elapsed time, progress")
-    p.add_argument("--root", type=Path, action="append", help="experiments root (repeatable)")
+    p = add("status", cmd_status, "every tracked job: state, elapsed time, progress",
+            epilog="examples:\n  hpcbench status\n  hpcbench status --root runs/ --root old-runs/ --json\n")
+    p.add_argument("--root", type=PATH, action="append",
+                   help="experiments root, repeatable (default: $HPCBENCH_ROOT or ./hpcbench-runs)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p = add("cancel", cmd_cancel, "cancel a job by experiment directory or job id")
-    p.add_argument("target", help="experiment directory or scheduler job id")
-    p.add_argument("--root", type=Path, action="append", help="experiments root (repeatable)")
+    p = add("cancel", cmd_cancel, "cancel a job by experiment directory or job id",
+            epilog="examples:\n  hpcbench cancel hpcbench-runs/aurora/llama-3.1-8b-instruct/20250101T000000Z-abc123\n"
+                   "  hpcbench cancel 123456\n")
+    p.add_argument("target", type=TEXT, help="experiment directory or scheduler job id")
+    p.add_argument("--root", type=PATH, action="append",
+                   help="experiments root to search for a job id, repeatable (default: $HPCBENCH_ROOT or "
+                        "./hpcbench-runs)")
 
-    p = add("collect", cmd_collect, "merge experiments' results into one table and a report")
-    p.add_argument("roots", nargs="*", type=Path, help="experiment roots or directories (default: the root)")
-    p.add_argument("-o", "--out", type=Path, default=Path("hpcbench-report"), help="output folder")
-    p.add_argument("--format", default="csv,md,html", help="comma list of csv, parquet, md, html")
-    p.add_argument("--site", action="append", help="only these sites (repeatable)")
-    p.add_argument("--model", action="append", help="only these models (repeatable)")
-    p.add_argument("--compare", nargs=2, metavar=("A", "B"), help="two experiments or sites side by side")
+    p = add("collect", cmd_collect, "merge experiments' results into one table and a report", epilog=COLLECT_EXAMPLES)
+    p.add_argument("roots", nargs="*", type=PATH,
+                   help="experiment roots or directories (default: $HPCBENCH_ROOT or ./hpcbench-runs)")
+    p.add_argument("-o", "--out", type=PATH, default=Path("hpcbench-report"),
+                   help="output folder (default: hpcbench-report)")
+    p.add_argument("--format", type=TEXT, default="csv,md,html",
+                   help="comma list of csv, parquet, md, html (default: csv,md,html)")
+    p.add_argument("--site", type=TEXT, action="append", help="only these sites (repeatable; default: all)")
+    p.add_argument("--model", type=TEXT, action="append", help="only these models (repeatable; default: all)")
+    p.add_argument("--compare", nargs=2, type=TEXT, metavar=("A", "B"),
+                   help="two experiments or sites side by side")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.set_defaults(extra="report")
 
     p = add("make-tiny-model", cmd_make_tiny_model, "write the tiny random-weight Llama used by tests and the "
-            "local quickstart (no downloads)")
-    p.add_argument("dir", nargs="?", help="target folder (default: the tiny model's catalog location)")
+            "local quickstart (no downloads)",
+            epilog="examples:\n  hpcbench make-tiny-model\n  hpcbench make-tiny-model ./models/tiny --force\n")
+    p.add_argument("dir", nargs="?", type=PATH,
+                   help="target folder (default: $HPCBENCH_MODELS/tiny, else ~/.cache/hpcbench/models/tiny)")
     p.add_argument("--force", action="store_true", help="overwrite an existing model")
+    p.set_defaults(extra="model")
 
-    p = sub.add_parser("driver", help=argparse.SUPPRESS)  # called by the batch script inside the job
-    p.add_argument("experiment")
-    p.set_defaults(func=cmd_driver)
+    p = add("driver", cmd_driver, None)  # called by the batch script inside the job
+    p.add_argument("experiment", type=TEXT)
+    p.set_defaults(extra="bench")
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def _missing_extra(args: argparse.Namespace, exc: ModuleNotFoundError) -> str | None:
+    """The message for a module of the command's extra that is not installed; None for any other module
+    (a real bug, which keeps its traceback)."""
+    extra = getattr(args, "extra", None)
+    module = (exc.name or "").partition(".")[0]
+    if extra is None or module not in EXTRAS[extra]:
+        return None
+    return (f"{args.command} needs the '{extra}' extra (no module named {module!r}): "
+            f"pip install 'hpcbench[{extra}]'")
+
+
+def _run(argv: list[str] | None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit:  # --help and --version print, then exit: flush so a closed pipe shows here
+        sys.stdout.flush()
+        raise
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows here, inside main's handler, not at interpreter exit
+        return code
     except UserError as exc:
-        print(f"hpcbench: error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        return _fail(str(exc), exc.exit_code)
+    except ModuleNotFoundError as exc:
+        missing = _missing_extra(args, exc)
+        if missing is None:
+            raise
+        return _fail(missing, EXIT_USER_ERROR)
+    except BrokenPipeError:
+        raise
+    except OSError as exc:  # the system refused a path given (name too long, no permission, not a folder...)
+        return _fail(f"{exc.filename}: {exc.strerror}" if exc.filename else str(exc), EXIT_USER_ERROR)
     except KeyboardInterrupt:
         print("hpcbench: interrupted", file=sys.stderr)
         return 130
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"hpcbench: error: {printable(message)}", file=sys.stderr)
+    return code
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's last flush cannot fail again (as the Python docs
+    on SIGPIPE advise)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # stdout replaced by something without a descriptor
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        return _run(argv)
+    except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as git and ls do
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":

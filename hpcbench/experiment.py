@@ -87,6 +87,11 @@ def read_json(path: Path) -> Any | None:
         return None
 
 
+def _mapping(data: Any) -> dict[str, Any] | None:
+    # A record edited by hand or cut short may hold any JSON; readers index it as a mapping.
+    return data if isinstance(data, dict) else None
+
+
 def append_line(path: Path, line: str) -> None:
     """Append one whole line and flush it to disk (one write call, so no half rows)."""
     if "\n" in line:
@@ -139,11 +144,12 @@ class Experiment:
         return read_json(self.path / PHASE) or {}
 
     def submit_record(self) -> dict[str, Any] | None:
-        return read_json(self.path / SUBMIT)
+        """What submit recorded (None when missing or damaged: a record is a JSON mapping)."""
+        return _mapping(read_json(self.path / SUBMIT))
 
     def finished(self) -> dict[str, Any] | None:
         """The job's own exit record, written by the batch script's trap (None while it runs)."""
-        return read_json(self.path / FINISHED)
+        return _mapping(read_json(self.path / FINISHED))
 
     def mark_started(self) -> None:
         atomic_write(self.path / STARTED, utc_now() + "\n")

@@ -18,17 +18,25 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from hpcbench.config.errors import UserError
 from hpcbench.config.model import ModelSpec
 from hpcbench.config.site import Site
+from hpcbench.config.values import positive_int
+
+if TYPE_CHECKING:
+    from hpcbench.config.sweep import Sweep
 
 GB = 1e9
 GiB = float(2**30)
 DTYPE_BYTES = {"float32": 4, "fp32": 4, "bfloat16": 2, "bf16": 2, "float16": 2, "fp16": 2, "half": 2,
                "fp8": 1, "float8": 1, "int8": 1, "fp4": 0.5, "nvfp4": 0.5, "int4": 0.5}
 Mode = Literal["serve", "replicas", "offline"]
+
+# What `plan` and `submit` use when --site / --model are not given.
+DEFAULT_SITE = "local"
+DEFAULT_MODEL = "tiny"
 
 
 class PlanError(UserError):
@@ -143,21 +151,63 @@ def engine_timeout(site: Site, a: Arithmetic) -> int:
     return site.engine.ready_timeout_s or int(300 + 6 * a.weights_gb)
 
 
-def plan(model: ModelSpec, site: Site, *, max_model_len: int | None = None, dtype: str | None = None,
+def _whole(flag: str, value: int) -> None:
+    """Callers other than the command line (which refuses these already) get the same words."""
+    try:
+        positive_int(value, flag)
+    except ValueError as exc:
+        raise PlanError(str(exc)) from None
+
+
+def default_sweep(site: Site) -> str:
+    """The sweep a job runs when none is named: the quick smoke test on CPU sites, the FOM sweep elsewhere."""
+    return "smoke" if site.node.accelerator == "cpu" else "aurora-fom"
+
+
+def default_context(sweep: "Sweep") -> int:
+    """The engine's context when --max-model-len is not given, for `plan` and `submit` alike: the longest
+    context the sweep's scenarios need (the engine is sized for what runs, not the model's maximum)."""
+    return sweep.needed_context()
+
+
+def default_mode(sweep: "Sweep") -> Mode:
+    return sweep.mode or "serve"
+
+
+def plan_for(site_name: str, model_name: str, sweep_name: str | None = None, *, max_model_len: int | None = None,
+             mode: Mode | None = None, **kw: Any) -> Plan:
+    """`hpcbench plan`: names resolved, and unless given, the context and mode `submit` would use for the
+    same site and sweep, so a plan shows the layout a job gets."""
+    from hpcbench.config import load_site, load_sweep, resolve_model
+
+    site = load_site(site_name)
+    model = resolve_model(model_name)
+    sweep = load_sweep(sweep_name or default_sweep(site))
+    p = plan(model, site, max_model_len=max_model_len or default_context(sweep), mode=mode or default_mode(sweep),
+             **kw)
+    if not max_model_len:
+        p.reasons.insert(0, f"max-model-len {p.max_model_len}: the longest context sweep {sweep.name} needs "
+                            "(as submit would use; --max-model-len to change)")
+    return p
+
+
+def plan(model: ModelSpec, site: Site, *, max_model_len: int, dtype: str | None = None,
          mode: Mode = "serve", nodes: int | None = None, tp: int | None = None,
          kv_tokens: int | None = None, concurrency: int = 1) -> Plan:
-    """Choose TP, PP, nodes and replicas. kv_tokens: tokens in flight the layout must hold
-    (default: concurrency full-length sequences)."""
+    """Choose TP, PP, nodes and replicas for an engine of max_model_len tokens of context. kv_tokens:
+    tokens in flight the layout must hold (default: concurrency full-length sequences)."""
+    _whole("--max-model-len", max_model_len)
+    for flag, value in (("--concurrency", concurrency), ("--nodes", nodes), ("--tp", tp), ("kv_tokens", kv_tokens)):
+        if value is not None:
+            _whole(flag, value)
     dtype = dtype or site.engine.dtype
-    context = max_model_len or model.max_context
+    context = max_model_len
     if context > model.max_context:
         raise PlanError(f"max-model-len {context} exceeds {model.name}'s context of {model.max_context} tokens")
     per_node = site.node.accelerators
     limit = site.scheduler.max_nodes
     if nodes is not None and nodes > limit:
         raise PlanError(f"{nodes} nodes requested, but site {site.name} allows at most {limit} per job")
-    if nodes is not None and nodes < 1:
-        raise PlanError("--nodes must be at least 1")
     a = arithmetic(model, site, context, dtype)
     wanted = max(context, kv_tokens if kv_tokens is not None else concurrency * context)
     reasons: list[str] = []
@@ -211,7 +261,7 @@ def plan(model: ModelSpec, site: Site, *, max_model_len: int | None = None, dtyp
                 reasons.append("PP 1: a replica stays within one node")
                 return build(t, 1, n, reps, f)
         raise PlanError(_no_fit(model, site, a, context, "one node (a replica must fit in one node; "
-                                "try --mode serve to span nodes)", per_node))
+                                "try --mode serve to span nodes)", max(tps), 1))
 
     candidates = [nodes] if nodes else list(range(1, limit + 1))
     best_fallback: tuple[int, int, int, _Fit] | None = None
@@ -240,14 +290,17 @@ def plan(model: ModelSpec, site: Site, *, max_model_len: int | None = None, dtyp
         reasons.append(f"PP {p}: the fewest nodes that hold the weights and one full sequence")
         return build(t, p, n, 1, f)
     where = f"{nodes} node(s)" if nodes else f"the {limit} node(s) site {site.name} allows"
-    raise PlanError(_no_fit(model, site, a, context, where, per_node * (nodes or limit)))
+    raise PlanError(_no_fit(model, site, a, context, where, max(tps), candidates[-1]))
 
 
-def _no_fit(model: ModelSpec, site: Site, a: Arithmetic, context: int, where: str, accelerators: int) -> str:
+def _no_fit(model: ModelSpec, site: Site, a: Arithmetic, context: int, where: str, tp: int, pp: int) -> str:
+    """Why nothing fits, with the memory of the largest layout tried: TP tp x PP pp accelerators, not
+    every accelerator of the nodes (a given --tp leaves the others idle)."""
     usable = site.node.memory_gib * site.engine.gpu_memory_utilization - site.engine.overhead_gib
+    used = tp * pp
     return (f"{model.name} does not fit on {where}: it needs {a.weights_gb:g} GB of weights plus "
             f"{a.kv_cache_gib:g} GiB of KV cache for one {context}-token sequence "
             f"({a.accelerators_for_full_context} x {site.node.memory_gib:g} GiB accelerators by the raw "
-            f"arithmetic), while {accelerators} accelerator(s) x {usable:.1f} GiB usable "
+            f"arithmetic), while TP {tp} x PP {pp} = {used} accelerator(s) x {usable:.1f} GiB usable "
             f"({site.engine.gpu_memory_utilization:g} of {site.node.memory_gib:g} GiB, less "
-            f"{site.engine.overhead_gib:g} GiB overhead) = {accelerators * usable:.1f} GiB")
+            f"{site.engine.overhead_gib:g} GiB overhead) = {used * usable:.1f} GiB")

@@ -295,6 +295,9 @@ def _find(target: str, roots: list[Path]) -> Experiment:
 def cancel(args: argparse.Namespace) -> int:
     exp = _find(args.target, _roots(args))
     record = exp.submit_record() or {}
+    if not isinstance(record.get("scheduler"), str) or not isinstance(record.get("job_id"), str):
+        raise UserError(f"{exp.file('submit.json')} names no scheduler and job id (damaged or edited by hand); "
+                        "cancel the job with the scheduler's own command")
     get_scheduler(record["scheduler"], accounting=record.get("accounting", "auto")).cancel(record["job_id"])
     print(f"cancel requested for job {record['job_id']} ({exp.path})")
     return 0

@@ -16,12 +16,9 @@ from hpcbench.config import load_site, load_sweep, resolve_model
 from hpcbench.config.errors import UserError
 from hpcbench.config.job import Job, resolve_job
 from hpcbench.experiment import CONFIG, JOB_SCRIPT, SUBMIT, Experiment, atomic_write, default_root, utc_now, write_json
+from hpcbench.plan import DEFAULT_MODEL, DEFAULT_SITE, default_context, default_mode, default_sweep
 from hpcbench.render import render_job
-from hpcbench.schedulers.base import SchedulerError, get_scheduler
-
-
-def default_sweep(accelerator: str) -> str:
-    return "smoke" if accelerator == "cpu" else "aurora-fom"
+from hpcbench.schedulers.base import SchedulerError, Submitted, get_scheduler
 
 
 def job_warnings(job: Job) -> list[str]:
@@ -37,40 +34,78 @@ def job_warnings(job: Job) -> list[str]:
     return out
 
 
+def _warn(warnings: list[str]) -> None:
+    for warning in warnings:
+        print(f"hpcbench: warning: {warning}", file=sys.stderr)
+
+
 def _check_root(root: Path) -> None:
-    # Scheduler headers (#SBATCH --output=, #PBS -o) cannot quote a path.
-    if re.search(r"\s", str(root.absolute())):
-        raise UserError(f"experiments root {str(root)!r} contains white space, which batch-script headers "
-                        "cannot carry; choose another --root")
+    # Scheduler headers (#SBATCH --output=, #PBS -o) cannot quote a path, nor carry a control character.
+    if re.search(r"[\s\x00-\x1f\x7f]", str(root.absolute())):
+        raise UserError(f"experiments root {str(root)!r} contains white space or a control character, which "
+                        "batch-script headers cannot carry; choose another --root")
 
 
 def submit(args: argparse.Namespace) -> int:
     if args.resume:
         return resume(Path(args.resume), args)
-    site = load_site(args.site or "local")
-    model = resolve_model(args.model or "tiny")
-    sweep = load_sweep(args.sweep or default_sweep(site.node.accelerator))
+    site = load_site(args.site or DEFAULT_SITE)
+    model = resolve_model(args.model or DEFAULT_MODEL)
+    sweep = load_sweep(args.sweep or default_sweep(site))
     root = args.root or default_root()
     _check_root(root)
     exp = Experiment.allocate(root, site.name, model.name)
-    job = resolve_job(site=site, model=model, sweep=sweep, experiment=exp.path, mode=args.mode,
-                      nodes=args.nodes, tp=args.tp, max_model_len=args.max_model_len, dtype=args.dtype,
-                      account=args.account, queue=args.queue, walltime=args.walltime,
+    job = resolve_job(site=site, model=model, sweep=sweep, experiment=exp.path, mode=args.mode or default_mode(sweep),
+                      nodes=args.nodes, tp=args.tp, max_model_len=args.max_model_len or default_context(sweep),
+                      dtype=args.dtype, account=args.account, queue=args.queue, walltime=args.walltime,
                       model_path=args.model_path, engine_timeout_s=args.engine_timeout)
     script = render_job(job)
-    for warning in job_warnings(job):
-        print(f"hpcbench: warning: {warning}", file=sys.stderr)
+    warnings = job_warnings(job)
     if args.dry_run:
+        _warn(warnings)
         print(script, end="")
         print(f"# dry run: would create {exp.path} and submit with {site.scheduler.kind}; nothing submitted",
               file=sys.stderr)
         return 0
     if model.local and not args.model_path:  # a path the user names is used as it is, never written
         _ensure_tiny_model(job)
-    exp.create()
-    atomic_write(exp.file(JOB_SCRIPT), script)
-    job.save(exp.file(CONFIG))
-    return _submit(exp, job, args)
+    made = _create(exp)
+    try:
+        atomic_write(exp.file(JOB_SCRIPT), script)
+        job.save(exp.file(CONFIG))
+    except BaseException:
+        _remove(made)
+        raise
+    result = _send(exp, job, made=made)
+    _warn(warnings)  # after the scheduler's answer, so a refusal stays one line
+    return _submitted(exp, job, result, args)
+
+
+def _create(exp: Experiment) -> list[Path]:
+    """Create the experiment directory; returns the folders that did not exist before, deepest first."""
+    new = []
+    for folder in (exp.path, *exp.path.parents):
+        if folder.exists():
+            break
+        new.append(folder)
+    try:
+        exp.create()
+    except OSError as exc:
+        _remove(new)
+        raise UserError(f"cannot create the experiment directory {exp.path}: {exc.strerror or exc}; "
+                        "choose another --root") from None
+    return new
+
+
+def _remove(folders: list[Path]) -> None:
+    """Remove the experiment directory and the parents made for it, unless another job uses them now."""
+    if folders:
+        shutil.rmtree(folders[0], ignore_errors=True)
+    for folder in folders[1:]:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty: another submit put its experiment there meanwhile
+            return
 
 
 def resume(path: Path, args: argparse.Namespace) -> int:
@@ -95,25 +130,27 @@ def resume(path: Path, args: argparse.Namespace) -> int:
             raise UserError(f"{path} is still {state.state.value} as job {record['job_id']}; cancel it first")
     for marker in ("finished", "phase.json"):
         exp.file(marker).unlink(missing_ok=True)
-    return _submit(exp, job, args, previous=record)
+    return _submitted(exp, job, _send(exp, job, previous=record), args)
 
 
 def _ensure_tiny_model(job: Job) -> None:
-    from hpcbench.runtime.tiny_model import make_tiny_model
+    from hpcbench.runtime.tiny_model import make_tiny_model, needs_libraries
 
     path = Path(job.model_path)
     if not (path / "config.json").is_file():
+        needs_libraries()  # before saying anything: a missing library is the only line printed
         print(f"hpcbench: making the tiny model in {path}", file=sys.stderr)
         make_tiny_model(path)
 
 
-def _submit(exp: Experiment, job: Job, args: argparse.Namespace, previous: dict | None = None) -> int:
+def _send(exp: Experiment, job: Job, previous: dict | None = None, made: list[Path] | None = None) -> Submitted:
+    """Submit the experiment's job.sh and record it in submit.json (with the earlier attempts). made: the
+    folders this submit created, taken back when the scheduler refuses (then nothing is queued)."""
     sched = get_scheduler(job.site.scheduler.kind, accounting=job.site.scheduler.accounting)
     try:
         result = sched.submit(exp.file(JOB_SCRIPT), workdir=exp.path, pass_env=job.secrets)
     except SchedulerError:
-        if previous is None:
-            shutil.rmtree(exp.path, ignore_errors=True)  # nothing ran: leave no orphan directory
+        _remove(made or [])
         raise
     history = list((previous or {}).get("history", []))
     if previous and previous.get("job_id"):
@@ -123,7 +160,11 @@ def _submit(exp: Experiment, job: Job, args: argparse.Namespace, previous: dict 
         "site": job.site.name, "model": job.model.name, "nodes": job.plan.nodes, "mode": job.mode,
         "sweep": job.sweep.name, "accounting": job.site.scheduler.accounting, "history": history})
     exp.set_phase("submitted", f"job {result.job_id}")
-    print(f"submitted job {result.job_id} ({sched.kind}) for {job.model.name} on {job.site.name}: "
+    return result
+
+
+def _submitted(exp: Experiment, job: Job, result: Submitted, args: argparse.Namespace) -> int:
+    print(f"submitted job {result.job_id} ({job.site.scheduler.kind}) for {job.model.name} on {job.site.name}: "
           f"TP {job.plan.tp} x PP {job.plan.pp}, {job.plan.nodes} node(s), {job.plan.replicas} replica(s)")
     print(f"experiment: {exp.path}")
     if getattr(args, "wait", False):

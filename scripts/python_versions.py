@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FAST_TESTS = (
     "tests/test_bench_client.py",    # the client against local aiohttp servers
     "tests/test_bench_metrics.py",
+    "tests/test_cli_edge.py",        # every user mistake: one line, exit 2
     "tests/test_collect.py",
     "tests/test_config.py",
     "tests/test_pbs_scheduler.py",   # qsub/qstat output replayed
@@ -106,7 +107,7 @@ def declared_versions() -> list[Version]:
 
 
 def pytest_command(python: Path) -> list[str]:
-    return [str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider",
+    return [str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "0",
             "-m", " and ".join(f"not {m}" for m in HEAVY_MARKERS), *FAST_TESTS]
 
 

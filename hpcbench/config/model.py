@@ -5,34 +5,51 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-
 from hpcbench.config.errors import ConfigError
-from hpcbench.config.loading import read_yaml, validate
+from hpcbench.config.loading import FieldError, PositiveFloat, PositiveInt, Strict, check, read_yaml, validate
+from hpcbench.config.values import non_empty, safe_name
 
 
-class ModelSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class ModelSpec(Strict, kw_only=True):
     name: str
     hf_id: str
-    aliases: list[str] = Field(default_factory=list)
-    params_b: float = Field(..., gt=0, description="parameters, in billions (nominal, as published)")
-    layers: int = Field(..., ge=1)
-    hidden: int = Field(..., ge=1)
-    heads: int = Field(..., ge=1)
-    kv_heads: int = Field(..., ge=1)
-    head_dim: int = Field(..., ge=1)
-    vocab: int = Field(..., ge=1)
-    max_context: int = Field(..., ge=1)
+    aliases: list[str] = []
+    params_b: PositiveFloat  # parameters, in billions (nominal, as published)
+    layers: PositiveInt
+    hidden: PositiveInt
+    heads: PositiveInt
+    kv_heads: PositiveInt
+    head_dim: PositiveInt
+    vocab: PositiveInt
+    max_context: PositiveInt
     dtype: str = "bfloat16"
-    local: bool = Field(False, description="made by `hpcbench make-tiny-model`, never downloaded")
+    local: bool = False  # made by `hpcbench make-tiny-model`, never downloaded
 
-    @model_validator(mode="after")
-    def _heads(self) -> "ModelSpec":
+    def __post_init__(self) -> None:
+        # The name is a folder of the experiments root; an alias may become the job's name.
+        check("name", safe_name, self.name, "model name")
+        for i, alias in enumerate(self.aliases):
+            check(f"aliases.{i}", safe_name, alias, "an alias")
+        check("hf_id", non_empty, self.hf_id, "hf_id")
+        check("dtype", non_empty, self.dtype, "dtype")
         if self.heads % self.kv_heads:
-            raise ValueError(f"heads ({self.heads}) must be a multiple of kv_heads ({self.kv_heads})")
-        return self
+            raise FieldError("kv_heads", f"heads ({self.heads}) must be a multiple of kv_heads ({self.kv_heads})")
+
+
+class Catalog(Strict, kw_only=True):
+    """A catalog file: `models:` and nothing else."""
+
+    models: list[ModelSpec]
+
+    def __post_init__(self) -> None:
+        # resolve_model takes the first match: a second model answering to a name would never be found.
+        owner: dict[str, int] = {}
+        for i, m in enumerate(self.models):
+            words = [("name", m.name), ("hf_id", m.hf_id), *((f"aliases.{j}", a) for j, a in enumerate(m.aliases))]
+            for key, word in words:
+                first = owner.setdefault(word.lower(), i)
+                if first != i:
+                    raise FieldError(f"models.{i}.{key}", f"{word!r} already names model {self.models[first].name!r}")
 
 
 def catalog_path() -> Path:
@@ -41,19 +58,7 @@ def catalog_path() -> Path:
 
 def load_models(path: Path | None = None) -> list[ModelSpec]:
     path = path or catalog_path()
-    data = read_yaml(path)
-    entries = data.get("models")
-    if not isinstance(entries, list):
-        raise ConfigError(path, "models", "expected a list of models")
-    models = []
-    for i, entry in enumerate(entries):
-        if not isinstance(entry, dict):
-            raise ConfigError(path, f"models.{i}", "expected a mapping")
-        try:
-            models.append(validate(ModelSpec, entry, path))
-        except ConfigError as exc:
-            raise ConfigError(path, f"models.{i}.{exc.key}", exc.problem) from None
-    return models
+    return validate(Catalog, read_yaml(path), path).models
 
 
 def resolve_model(name: str, models: list[ModelSpec] | None = None) -> ModelSpec:

@@ -10,34 +10,31 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+import msgspec
 
 from hpcbench.config.errors import ConfigError, UserError
-from hpcbench.config.loading import deep_merge, package_files, read_yaml, validate
+from hpcbench.config.loading import (FieldError, NonNegativeInt, Port, PositiveFloat, PositiveInt, Strict, check,
+                                     deep_merge, package_files, read_yaml, validate)
+from hpcbench.config.values import (WALLTIME_FORMS, env_name, format_walltime, non_empty, one_line,  # noqa: F401
+                                    parse_walltime, safe_name, scheduler_word)
 
 Accelerator = Literal["cuda", "xpu", "rocm", "cpu"]
 
 
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class QueueRule(Strict):
+class QueueRule(Strict, kw_only=True):
     """One row of a site's queue table: jobs of min_nodes..max_nodes nodes (and at most max_walltime) go here."""
 
     name: str
-    min_nodes: int = Field(1, ge=1)
-    max_nodes: int | None = Field(None, ge=1)
-    max_walltime: str | None = Field(None, description="longest walltime the queue takes")
+    min_nodes: PositiveInt = 1
+    max_nodes: PositiveInt | None = None
+    max_walltime: str | None = None  # longest walltime the queue takes
 
-    @field_validator("max_walltime")
-    @classmethod
-    def _walltime(cls, v: str | None) -> str | None:
-        if v is not None:
-            parse_walltime(v)
-        return v
+    def __post_init__(self) -> None:
+        check("name", scheduler_word, self.name, "a queue name")
+        if self.max_walltime is not None:
+            check("max_walltime", parse_walltime, self.max_walltime)
 
     def takes(self, nodes: int, walltime_s: int) -> bool:
         return (self.min_nodes <= nodes and (self.max_nodes is None or nodes <= self.max_nodes)
@@ -48,32 +45,39 @@ class QueueRule(Strict):
         return f"{self.name} ({nodes} nodes" + (f", up to {self.max_walltime})" if self.max_walltime else ")")
 
 
-class SchedulerSettings(Strict):
+class SchedulerSettings(Strict, kw_only=True):
     kind: Literal["pbs", "slurm", "local"]
     account: str | None = None
-    queue: str | None = Field(None, description="PBS queue or Slurm partition, whatever the job's size")
-    queues: list[QueueRule] = Field(
-        default_factory=list, description="queue table: the first row that takes the job's nodes and walltime")
+    queue: str | None = None  # PBS queue or Slurm partition, whatever the job's size
+    # The queue table: the first row that takes the job's nodes and walltime (when `queue` is not set).
+    queues: list[QueueRule] = []
     walltime: str = "01:00:00"
-    filesystems: str | None = Field(None, description="PBS -l filesystems=, e.g. home:flare")
-    place: str | None = Field(None, description="PBS -l place=, e.g. scatter")
-    select_suffix: str = Field("", description="appended to PBS select=N, e.g. ':system=aurora'")
+    filesystems: str | None = None  # PBS -l filesystems=, e.g. home:flare
+    place: str | None = None  # PBS -l place=, e.g. scatter
+    select_suffix: str = ""  # appended to PBS select=N, e.g. ':system=aurora'
     exclusive: bool = False
-    gpus_per_node_directive: bool = Field(True, description="Slurm: request --gpus-per-node")
-    cpus_per_task: int | None = Field(
-        None, ge=1, description="Slurm --cpus-per-task for the job (default: node.cpus, or nothing with "
-                                "exclusive); each step gets what the job holds on its node")
-    directives: list[str] = Field(default_factory=list, description="extra header options, verbatim")
-    max_nodes: int = Field(1, ge=1, description="most nodes one job may use")
+    gpus_per_node_directive: bool = True  # Slurm: request --gpus-per-node
+    # Slurm --cpus-per-task for the job (default: node.cpus, or nothing with exclusive); each step gets
+    # what the job holds on its node.
+    cpus_per_task: PositiveInt | None = None
+    directives: list[str] = []  # extra header options, verbatim
+    max_nodes: PositiveInt = 1  # most nodes one job may use
     accounting: Literal["auto", "yes", "no"] = "auto"
-    timeout_signal_s: int = Field(
-        0, ge=0, description="Slurm: USR1 this long before the time limit (0: none; the driver stops in time by itself)")
+    # Slurm: USR1 this long before the time limit (0: none; the driver stops in time by itself).
+    timeout_signal_s: NonNegativeInt = 0
 
-    @field_validator("walltime")
-    @classmethod
-    def _walltime(cls, v: str) -> str:
-        parse_walltime(v)
-        return v
+    def __post_init__(self) -> None:
+        # These reach #SBATCH/#PBS header lines, which the shell never sees and so cannot be quoted.
+        for key in ("account", "queue"):
+            if getattr(self, key) is not None:
+                check(key, scheduler_word, getattr(self, key), key)
+        for key in ("filesystems", "place"):
+            if getattr(self, key) is not None:
+                check(key, non_empty, getattr(self, key), key)
+        check("select_suffix", one_line, self.select_suffix, "select_suffix")
+        for i, directive in enumerate(self.directives):
+            check(f"directives.{i}", non_empty, directive, "a directive")
+        check("walltime", parse_walltime, self.walltime)
 
     def pick_queue(self, nodes: int, walltime: str) -> str | None:
         """The queue for a job of this size: `queue` if set, else the first table row that takes it."""
@@ -93,24 +97,24 @@ DEVICE_VARS: dict[str, str | None] = {
     "cuda": "CUDA_VISIBLE_DEVICES", "rocm": "HIP_VISIBLE_DEVICES", "xpu": "ZE_AFFINITY_MASK", "cpu": None}
 
 
-class NodeSettings(Strict):
+class NodeSettings(Strict, kw_only=True):
     accelerator: Accelerator
-    accelerators: int = Field(..., ge=1, description="accelerators (GPUs or GPU tiles) per node")
-    memory_gib: float = Field(..., gt=0, description="memory per accelerator in GiB")
-    cpus: int = Field(..., ge=1)
-    visible_devices_var: str | None = Field(
-        None, description="variable naming visible devices; default from the accelerator "
-                          "(CUDA_VISIBLE_DEVICES, HIP_VISIBLE_DEVICES, ZE_AFFINITY_MASK)")
+    accelerators: PositiveInt  # accelerators (GPUs or GPU tiles) per node
+    memory_gib: PositiveFloat  # memory per accelerator in GiB
+    cpus: PositiveInt
+    # The variable naming visible devices; default from the accelerator (CUDA_VISIBLE_DEVICES,
+    # HIP_VISIBLE_DEVICES, ZE_AFFINITY_MASK).
+    visible_devices_var: str | None = None
 
-    @model_validator(mode="after")
-    def _device_var(self) -> "NodeSettings":
+    def __post_init__(self) -> None:
         # Replicas sharing a node must each see only their own devices: never leave this unset on a GPU.
         if self.visible_devices_var is None:
             self.visible_devices_var = DEVICE_VARS[self.accelerator]
-        return self
+        else:
+            check("visible_devices_var", env_name, self.visible_devices_var)
 
 
-class NetworkSettings(Strict):
+class NetworkSettings(Strict, kw_only=True):
     """How every node of a job finds the address Ray, the engine (VLLM_HOST_IP) and the client use.
 
     Nodes of HPC systems have several networks (Aurora: a management network holding the default route,
@@ -118,70 +122,100 @@ class NetworkSettings(Strict):
     node by hpcbench.runtime.node."""
 
     address: Literal["hostname-i", "dns", "interface", "subnet", "loopback"] = "hostname-i"
-    dns_suffix: str = Field("", description="address=dns: appended to the node's short host name")
-    interface: str | None = Field(None, description="address=interface: e.g. hsn0, ib0")
-    subnet: str | None = Field(None, description="address=subnet: the node's address inside this CIDR")
+    dns_suffix: str = ""  # address=dns: appended to the node's short host name
+    interface: str | None = None  # address=interface: e.g. hsn0, ib0
+    subnet: str | None = None  # address=subnet: the node's address inside this CIDR
 
-    @model_validator(mode="after")
-    def _complete(self) -> "NetworkSettings":
+    def __post_init__(self) -> None:
         needs = {"dns": "dns_suffix", "interface": "interface", "subnet": "subnet"}.get(self.address)
         if needs and not getattr(self, needs):
-            raise ValueError(f"address: {self.address} needs {needs}")
+            raise FieldError("address", f"{self.address} needs {needs}")
         if self.subnet:
             import ipaddress
 
             try:
                 ipaddress.IPv4Network(self.subnet, strict=False)
             except ValueError as exc:
-                raise ValueError(f"subnet: not an IPv4 network: {exc}") from None
-        return self
+                raise FieldError("subnet", f"not an IPv4 network: {exc}") from None
 
 
-class RaySettings(Strict):
+class RaySettings(Strict, kw_only=True):
     enabled: bool = True
-    port: int = Field(6379, ge=1024, le=65000, description="base port; the job adds an offset")
-    temp_dir: str = Field("/tmp", description="node-local folder for Ray's sessions and sockets (keep it short)")
-    num_cpus: int | None = None
-    ready_timeout_s: int = Field(300, ge=1)
+    port: Port = 6379  # base port; the job adds an offset
+    temp_dir: str = "/tmp"  # node-local folder for Ray's sessions and sockets (keep it short)
+    num_cpus: PositiveInt | None = None
+    ready_timeout_s: PositiveInt = 300
+
+    def __post_init__(self) -> None:
+        from hpcbench.runtime.cluster import check_ray_temp_dir
+
+        check("temp_dir", non_empty, self.temp_dir, "temp_dir")
+        check("temp_dir", check_ray_temp_dir, self.temp_dir)
 
 
-class EngineSettings(Strict):
+class EngineSettings(Strict, kw_only=True):
     name: Literal["vllm"] = "vllm"
     dtype: str = "bfloat16"
-    backend: Literal["ray", "mp", "uni"] = Field("ray", description="distributed executor for TP/PP")
-    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
-    overhead_gib: float = Field(2.0, ge=0, description="activations, CUDA graphs, runtime per accelerator")
-    extra_args: list[str] = Field(default_factory=list, description="more vLLM server flags")
-    env: dict[str, str] = Field(default_factory=dict, description="set only for the engine")
-    port: int = Field(8000, ge=1024, le=65000)
-    ready_timeout_s: int | None = Field(None, ge=1, description="default: from model size")
+    backend: Literal["ray", "mp", "uni"] = "ray"  # distributed executor for TP/PP
+    gpu_memory_utilization: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.9
+    # Activations, CUDA graphs, runtime: GiB per accelerator.
+    overhead_gib: Annotated[float, msgspec.Meta(ge=0)] = 2.0
+    extra_args: list[str] = []  # more vLLM server flags
+    env: dict[str, str] = {}  # set only for the engine
+    port: Port = 8000
+    ready_timeout_s: PositiveInt | None = None  # default: from model size
     trust_remote_code: bool = False
 
+    def __post_init__(self) -> None:
+        check("dtype", non_empty, self.dtype, "dtype")
+        for name in self.env:
+            check("env", env_name, name)
 
-class ModulesSettings(Strict):
-    use: list[str] = Field(default_factory=list)
-    unload: list[str] = Field(default_factory=list)
-    load: list[str] = Field(default_factory=list)
+
+class ModulesSettings(Strict, kw_only=True):
+    use: list[str] = []
+    unload: list[str] = []
+    load: list[str] = []
 
 
-class Site(Strict):
+class Site(Strict, kw_only=True):
     name: str
     description: str = ""
     extends: str | None = None
     scheduler: SchedulerSettings
     launcher: Literal["mpiexec", "srun", "local"]
     node: NodeSettings
-    modules: ModulesSettings = Field(default_factory=ModulesSettings)
-    env: dict[str, str] = Field(default_factory=dict)
-    setup: list[str] = Field(default_factory=list, description="shell lines run after modules and env")
-    python: str | None = Field(None, description="interpreter inside the job; default: python3 (local site: the submitting one)")
-    network: NetworkSettings = Field(default_factory=NetworkSettings)
-    ray: RaySettings = Field(default_factory=RaySettings)
-    engine: EngineSettings = Field(default_factory=EngineSettings)
-    hf_home: str | None = Field(None, description="HF_HOME: the folder that holds hub/, not hub/ itself")
-    models_dir: str | None = Field(None, description="folder of local model directories")
-    secrets: list[str] = Field(default_factory=lambda: ["HF_TOKEN"],
-                               description="variables passed by name from the submitting environment")
+    modules: ModulesSettings = msgspec.field(default_factory=ModulesSettings)
+    env: dict[str, str] = {}
+    setup: list[str] = []  # shell lines run after modules and env
+    # The interpreter inside the job; default: python3 (local site: the submitting one).
+    python: str | None = None
+    network: NetworkSettings = msgspec.field(default_factory=NetworkSettings)
+    ray: RaySettings = msgspec.field(default_factory=RaySettings)
+    engine: EngineSettings = msgspec.field(default_factory=EngineSettings)
+    hf_home: str | None = None  # HF_HOME: the folder that holds hub/, not hub/ itself
+    models_dir: str | None = None  # folder of local model directories
+    # Variables passed by name from the submitting environment.
+    secrets: list[str] = msgspec.field(default_factory=lambda: ["HF_TOKEN"])
+
+    def __post_init__(self) -> None:
+        # The name is a folder under the experiments root and reaches #SBATCH --output.
+        check("name", safe_name, self.name, "site name")
+        for name in self.env:
+            check("env", env_name, name)
+        for i, name in enumerate(self.secrets):
+            check(f"secrets.{i}", env_name, name)
+        for key in ("python", "hf_home", "models_dir"):
+            if getattr(self, key) is not None:
+                check(key, non_empty, getattr(self, key), key)
+        # A seed mistake: HF_HOME pointed at .../hub makes Hugging Face look in .../hub/hub.
+        if self.hf_home and self.hf_home.rstrip("/").endswith("/hub"):
+            raise FieldError("hf_home", "HF_HOME must be the folder that contains hub/, not hub/ itself "
+                                        f"(got {self.hf_home!r})")
+        allowed = {"pbs": ["mpiexec"], "slurm": ["mpiexec", "srun"], "local": ["local"]}[self.scheduler.kind]
+        if self.launcher not in allowed:
+            raise FieldError("launcher", f"{self.launcher!r} does not work with scheduler {self.scheduler.kind!r} "
+                                         f"(use {' or '.join(allowed)})")
 
     @property
     def header_cpus(self) -> int | None:
@@ -190,79 +224,6 @@ class Site(Strict):
         if self.scheduler.kind != "slurm":
             return None
         return self.scheduler.cpus_per_task or (None if self.scheduler.exclusive else self.node.cpus)
-
-    @field_validator("ray")
-    @classmethod
-    def _ray_temp_dir(cls, v: RaySettings) -> RaySettings:
-        from hpcbench.runtime.cluster import check_ray_temp_dir
-
-        check_ray_temp_dir(v.temp_dir)
-        return v
-
-    @field_validator("env")
-    @classmethod
-    def _env_names(cls, v: dict[str, str]) -> dict[str, str]:
-        for name in v:
-            if not name.isidentifier():
-                raise ValueError(f"not a valid environment variable name: {name!r}")
-        return v
-
-    @field_validator("hf_home")
-    @classmethod
-    def _hf_home(cls, v: str | None) -> str | None:
-        # A seed mistake: HF_HOME pointed at .../hub makes Hugging Face look in .../hub/hub.
-        if v and v.rstrip("/").endswith("/hub"):
-            raise ValueError("HF_HOME must be the folder that contains hub/, not hub/ itself")
-        return v
-
-    @model_validator(mode="after")
-    def _launcher_fits(self) -> "Site":
-        allowed = {"pbs": {"mpiexec"}, "slurm": {"srun", "mpiexec"}, "local": {"local"}}
-        if self.launcher not in allowed[self.scheduler.kind]:
-            raise ValueError(f"launcher {self.launcher!r} does not work with scheduler "
-                             f"{self.scheduler.kind!r} (use one of {sorted(allowed[self.scheduler.kind])})")
-        return self
-
-
-WALLTIME_FORMS = "HH:MM:SS, MM:SS, D-HH, D-HH:MM or D-HH:MM:SS"
-
-
-def parse_walltime(text: str) -> int:
-    """A walltime in the forms Slurm's --time and PBS's walltime both read the same way -> seconds.
-
-    A bare number is refused: Slurm reads "30" as 30 minutes, PBS as 30 seconds."""
-    body = str(text).strip()
-    days, has_days = 0, "-" in body
-    if has_days:
-        d, body = body.split("-", 1)
-        if not d.isdigit():
-            raise ValueError(f"walltime must look like {WALLTIME_FORMS} (got {text!r})")
-        days = int(d)
-    parts = body.split(":")
-    if not all(p.isdigit() for p in parts) or len(parts) > 3 or (not has_days and len(parts) == 1):
-        hint = (f"; a bare number means minutes to Slurm and seconds to PBS: write 00:{int(body):02d}:00 "
-                f"for {body} minutes" if body.isdigit() and not has_days and 0 < int(body) < 60 else "")
-        raise ValueError(f"walltime must look like {WALLTIME_FORMS} (got {text!r}){hint}")
-    nums = [int(p) for p in parts]
-    if has_days:  # D-HH, D-HH:MM, D-HH:MM:SS
-        nums += [0] * (3 - len(nums))
-    else:     # MM:SS, HH:MM:SS
-        nums = [0] * (3 - len(nums)) + nums
-    h, m, s = nums
-    if m >= 60 or s >= 60 or (has_days and h >= 24):
-        raise ValueError(f"walltime {text!r} is out of range (minutes and seconds below 60"
-                         + (", hours below 24 after a day count)" if has_days else ")"))
-    total = days * 86400 + h * 3600 + m * 60 + s
-    if total <= 0:
-        raise ValueError(f"walltime must be longer than zero (got {text!r})")
-    return total
-
-
-def format_walltime(seconds: int) -> str:
-    """HH:MM:SS (hours may pass 24), which PBS and Slurm read alike."""
-    h, rem = divmod(int(seconds), 3600)
-    m, s = divmod(rem, 60)
-    return f"{h:02d}:{m:02d}:{s:02d}"
 
 
 def user_site_dirs() -> list[Path]:
@@ -288,9 +249,13 @@ def site_names() -> list[str]:
     return sorted(site_files())
 
 
+def _is_path(name_or_path: str) -> bool:
+    return Path(name_or_path).suffix in (".yaml", ".yml") or os.sep in name_or_path
+
+
 def _locate(name_or_path: str) -> Path:
-    candidate = Path(name_or_path)
-    if candidate.suffix in (".yaml", ".yml") or os.sep in name_or_path:
+    if _is_path(name_or_path):
+        candidate = Path(name_or_path).expanduser()
         if not candidate.is_file():
             raise ConfigError(candidate, "", "no such site file")
         return candidate
@@ -300,31 +265,80 @@ def _locate(name_or_path: str) -> Path:
     return files[name_or_path]
 
 
-def _raw_site(name_or_path: str, chain: tuple[str, ...] = ()) -> tuple[dict[str, Any], Path]:
-    path = _locate(name_or_path)
-    key = str(path.resolve())
-    if key in chain:
-        names = " -> ".join(Path(p).stem for p in chain + (key,))
-        raise ConfigError(path, "extends", f"extends chain has a cycle: {names}")
-    data = read_yaml(path)
-    data.setdefault("name", path.stem)
-    parent = data.get("extends")
-    if parent is None:
-        return data, path
-    if not isinstance(parent, str):
-        raise ConfigError(path, "extends", f"expected a site name or path, got {parent!r}")
+def _parent_file(parent: Any, child: Path) -> Path:
+    """The file `extends: parent` of child names: a site name, or a path relative to child's folder."""
+    if not isinstance(parent, str) or not parent.strip():
+        raise ConfigError(child, "extends", f"expected a site name or path (got {parent!r})")
+    if _is_path(parent):
+        path = child.parent / Path(parent).expanduser()
+        if not path.is_file():
+            raise ConfigError(child, "extends", f"no such site file: {path}")
+        return path
     try:
-        base, _ = _raw_site(parent if not parent.endswith((".yaml", ".yml")) else
-                            str((path.parent / parent)), chain + (key,))
+        return _locate(parent)
     except ConfigError as exc:
-        if exc.file is None:  # unknown parent name: say which file asked for it
-            raise ConfigError(path, "extends", exc.problem) from None
-        raise
-    base.pop("description", None)
-    merged = deep_merge(base, data)
-    return merged, path
+        raise ConfigError(child, "extends", exc.problem) from None
+
+
+def _chain(name_or_path: str) -> list[tuple[Path, dict[str, Any]]]:
+    """The site's file and its parents (`extends`), child first, each read on its own."""
+    path = _locate(name_or_path)
+    chain: list[tuple[Path, dict[str, Any]]] = []
+    while True:
+        data = read_yaml(path)
+        chain.append((path, data))
+        if data.get("extends") is None:
+            return chain
+        parent = _parent_file(data["extends"], path)
+        seen = [p.resolve() for p, _ in chain]
+        if parent.resolve() in seen:
+            names = " -> ".join(p.stem for p in [*seen, parent.resolve()])
+            raise ConfigError(path, "extends", f"extends chain has a cycle: {names}")
+        path = parent
+
+
+def _has(data: Any, keys: list[str]) -> bool:
+    for key in keys:
+        if not isinstance(data, dict) or key not in data:
+            return False
+        data = data[key]
+    return True
+
+
+def _origin(chain: list[tuple[Path, dict[str, Any]]], keys: list[str]) -> Path:
+    """The file a key path of the merged site came from: the child-most one that sets it, else the
+    child-most one that sets the longest part of it (a list comes whole from one file)."""
+    for n in range(len(keys), 0, -1):
+        for path, data in chain:
+            if _has(data, keys[:n]):
+                return path
+    return chain[0][0]
 
 
 def load_site(name_or_path: str) -> Site:
-    data, path = _raw_site(name_or_path)
-    return validate(Site, data, path)
+    chain = _chain(name_or_path)
+    path, data = chain[0]
+    if "name" not in data:  # named after its file
+        try:
+            safe_name(path.stem, "site name")
+        except ValueError as exc:
+            raise ConfigError(path, "name", f"no name key, and the file name cannot be one: {exc}") from None
+    merged: dict[str, Any] = {}
+    for _, parent in reversed(chain[1:]):
+        merged = deep_merge(merged, parent)
+    merged.pop("description", None)  # a parent's description describes the parent
+    merged = deep_merge(merged, {**data, "name": data.get("name", path.stem)})
+    return validate(Site, merged, path, origin=lambda keys: _origin(chain, keys))
+
+
+def list_sites() -> tuple[list[tuple[str, Path, Site]], list[ConfigError]]:
+    """Every site site_files() finds, loaded one by one: (name, file, site) of those that load, and
+    the error of each that does not (one broken file must not hide the others)."""
+    good: list[tuple[str, Path, Site]] = []
+    broken: list[ConfigError] = []
+    for name, path in sorted(site_files().items()):
+        try:
+            good.append((name, path, load_site(str(path))))
+        except ConfigError as exc:
+            broken.append(exc)
+    return good, broken

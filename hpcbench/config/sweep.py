@@ -13,14 +13,18 @@ import os
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+import msgspec
 
 from hpcbench.config.errors import ConfigError
-from hpcbench.config.loading import read_yaml, validate
+from hpcbench.config.loading import (FieldError, NonNegativeInt, PositiveFloat, PositiveInt, Strict, check, read_yaml,
+                                     validate)
+from hpcbench.config.values import safe_name
 
-IntList = int | list[int]
+# One value or a non-empty list of them.
+IntList = PositiveInt | Annotated[list[PositiveInt], msgspec.Meta(min_length=1)]
+RateList = PositiveFloat | Annotated[list[PositiveFloat], msgspec.Meta(min_length=1)]
 
 
 def _as_list(v: int | float | list | None) -> list:
@@ -29,49 +33,38 @@ def _as_list(v: int | float | list | None) -> list:
     return list(v) if isinstance(v, list) else [v]
 
 
-class SLO(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    ttft_ms: float | None = Field(None, gt=0)
-    tpot_ms: float | None = Field(None, gt=0)
-    e2el_ms: float | None = Field(None, gt=0)
+class SLO(Strict, kw_only=True):
+    ttft_ms: PositiveFloat | None = None
+    tpot_ms: PositiveFloat | None = None
+    e2el_ms: PositiveFloat | None = None
 
     def describe(self) -> str:
-        return ";".join(f"{k}<={v:g}" for k, v in self.model_dump().items() if v is not None)
+        return ";".join(f"{k}<={v:g}" for k, v in msgspec.structs.asdict(self).items() if v is not None)
 
 
-class Scenario(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$")
+class Scenario(Strict, kw_only=True):
+    name: str
     description: str = ""
     fom: Literal["FOM1", "FOM2", "FOM3"] | None = None
     api: Literal["completions", "chat", "offline"] = "completions"
     input_len: IntList
     output_len: IntList
-    concurrency: IntList | None = Field(None, description="closed loop: requests in flight")
-    request_rate: float | list[float] | None = Field(None, description="open loop: requests/s")
-    burstiness: float = Field(1.0, gt=0, description="gamma shape for open loop; 1 = Poisson")
-    num_requests: int | None = Field(None, ge=1, description="default: 4 x concurrency, at least 8")
-    warmup: int = Field(2, ge=0, description="requests sent first and left out of the results")
+    concurrency: IntList | None = None  # closed loop: requests in flight
+    request_rate: RateList | None = None  # open loop: requests/s (.inf: all at once)
+    burstiness: PositiveFloat = 1.0  # gamma shape for open loop; 1 = Poisson
+    num_requests: PositiveInt | None = None  # default: 4 x concurrency, at least 8
+    warmup: NonNegativeInt = 2  # requests sent first and left out of the results
     stream: bool = True
-    request_timeout_s: float = Field(600, gt=0)
-    max_model_len: int | None = Field(None, ge=1, description="the engine needs at least this context")
-    slo: SLO = Field(default_factory=SLO)
+    request_timeout_s: PositiveFloat = 600.0
+    max_model_len: PositiveInt | None = None  # the engine needs at least this context
+    slo: SLO = msgspec.field(default_factory=SLO)
 
-    @field_validator("input_len", "output_len", "concurrency")
-    @classmethod
-    def _positive(cls, v: IntList | None) -> IntList | None:
-        if any(x < 1 for x in _as_list(v)):
-            raise ValueError("values must be >= 1")
-        return v
-
-    @model_validator(mode="after")
-    def _load(self) -> "Scenario":
+    def __post_init__(self) -> None:
+        check("name", safe_name, self.name, "scenario name")
         if self.concurrency is None and self.request_rate is None:
             self.concurrency = 1
         if self.api == "offline" and self.request_rate is not None:
-            raise ValueError("offline scenarios take concurrency (the batch size), not request_rate")
-        return self
+            raise FieldError("request_rate", "offline scenarios take concurrency (the batch size), not request_rate")
 
     def needed_context(self) -> int:
         longest = max(_as_list(self.input_len)) + max(_as_list(self.output_len))
@@ -108,21 +101,18 @@ class SweepPoint:
         return f"{self.scenario.name}_in{self.input_len}_out{self.output_len}_{load}_n{self.num_requests}"
 
 
-class Sweep(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class Sweep(Strict, kw_only=True):
     name: str
     description: str = ""
-    mode: Literal["serve", "replicas", "offline"] | None = Field(None, description="suggested mode")
-    scenarios: list[Scenario] = Field(..., min_length=1)
+    mode: Literal["serve", "replicas", "offline"] | None = None  # suggested mode
+    scenarios: Annotated[list[Scenario], msgspec.Meta(min_length=1)]
 
-    @model_validator(mode="after")
-    def _unique(self) -> "Sweep":
+    def __post_init__(self) -> None:
+        check("name", safe_name, self.name, "sweep name")
         names = [s.name for s in self.scenarios]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"scenario names must be unique: {', '.join(dupes)}")
-        return self
+        for i, name in enumerate(names):
+            if name in names[:i]:
+                raise FieldError(f"scenarios.{i}.name", f"scenario names must be unique: {name!r} is used twice")
 
     def points(self) -> list[SweepPoint]:
         return [p for s in self.scenarios for p in s.points(self.name)]
@@ -156,6 +146,12 @@ def load_sweep(name_or_path: str) -> Sweep:
             raise ConfigError(None, "sweep", f"unknown sweep {name_or_path!r}; known sweeps: "
                               f"{', '.join(sorted(files))}")
         path = files[name_or_path]
+    elif not path.is_file():
+        raise ConfigError(path, "", "no such sweep file")
     data = read_yaml(path)
-    data.setdefault("name", path.stem)
+    if "name" not in data:  # named after its file
+        try:
+            data["name"] = safe_name(path.stem, "sweep name")
+        except ValueError as exc:
+            raise ConfigError(path, "name", f"no name key, and the file name cannot be one: {exc}") from None
     return validate(Sweep, data, path)

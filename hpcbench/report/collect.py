@@ -120,23 +120,43 @@ def _write_csv(df: "pd.DataFrame", path: Path) -> None:
         df.to_csv(path, index=False)  # a column mixing types (old and new files): pandas copes
 
 
+def _import_libraries(formats: list[str], plots: bool) -> None:
+    """Import the `report` extra's libraries this run needs before anything is written, so a missing one
+    (ModuleNotFoundError, which the command line names with the extra) leaves no half-written folder."""
+    import pandas  # noqa: F401
+
+    if plots and {"md", "html"} & set(formats):
+        import matplotlib  # noqa: F401
+
+
 def collect_command(args: Any) -> int:
-    """The CLI entry: collect, write table and report (and comparison), print where everything went."""
+    """The CLI entry: collect, write table and report (and comparison), print where everything went.
+    Every refusal (no results, unknown --compare side, bad --format) comes before anything is written."""
     formats = parse_formats(getattr(args, "format", "csv,md,html") or "csv,md,html")
+    plots = not args.no_plots
+    _import_libraries(formats, plots)
     compare = getattr(args, "compare", None)
     roots = [Path(r) for r in (args.roots or [])]
     if not roots:
         roots = _compare_dirs(compare) or [default_root()]
     collected = collect_points(roots, args.site, args.model)
+    if compare:
+        from hpcbench.report.compare import side_points
+
+        for side in compare:
+            side_points(collected, side)
+    out = Path(args.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create the output folder {out}: {exc.strerror or exc}; choose another -o") from None
     for w in collected.warnings:
         print(f"hpcbench: warning: {w}", file=sys.stderr)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     written = write_table(collected.points, out, formats)
     if {"md", "html"} & set(formats):
         from hpcbench.report.build import write_report
 
-        written += write_report(collected, out, formats, plots=not args.no_plots)
+        written += write_report(collected, out, formats, plots=plots)
     if compare:
         from hpcbench.report.compare import run_compare
 

@@ -18,6 +18,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from hpcbench.config.errors import UserError
+
 # head_dim 64: vLLM's CPU attention refuses head_dim below 32.
 CONFIG = {
     "architectures": ["LlamaForCausalLM"],
@@ -69,6 +71,13 @@ CORPUS = [
 
 FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
          "tokenizer_config.json", "special_tokens_map.json")
+
+
+def needs_libraries() -> None:
+    """Import what making the model needs (the `model` extra), so a missing one is found before any
+    folder is made: ModuleNotFoundError naming it."""
+    import numpy  # noqa: F401
+    import tokenizers  # noqa: F401
 
 
 def is_complete(path: Path) -> bool:
@@ -154,14 +163,29 @@ def _dump(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
+def _check_target(path: Path) -> None:
+    """The folder is replaced whole: only a new or empty one, or one holding (part of) this model."""
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{path} exists and is not a folder; give a new folder for the tiny model")
+    others = sorted(e.name for e in path.iterdir() if e.name not in FILES) if path.is_dir() else []
+    if others:
+        raise UserError(f"{path} holds files that are not the tiny model's ({', '.join(others[:3])}"
+                        f"{', ...' if len(others) > 3 else ''}); give a new or empty folder")
+
+
 def make_tiny_model(path: Path, force: bool = False) -> Path:
     """Write the tiny model to path (a folder) and return it; a complete one is kept unless force."""
     path = Path(path).expanduser().absolute()
     if is_complete(path) and not force:
         return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Build in a sibling temp folder and rename it into place: a reader never sees half a model.
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    needs_libraries()
+    _check_target(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Build in a sibling temp folder and rename it into place: a reader never sees half a model.
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    except OSError as exc:
+        raise UserError(f"cannot write the tiny model next to {path}: {exc.strerror or exc}") from None
     try:
         _tokenizer(tmp)
         _write_safetensors(_weights(), tmp / "model.safetensors")
