@@ -36,6 +36,7 @@ or ~/.config/hpcbench/sites/NAME.yaml; a profile may `extends: aurora`. See docs
 """
 
 EXIT_USER_ERROR = 2
+HIDDEN_COMMANDS = ("driver",)  # run by the batch script inside the job, not by users
 EXIT_BROKEN_PIPE = 141  # what a shell reports for a program killed by SIGPIPE (git, ls)
 
 # The optional-dependencies of pyproject.toml, by the modules they provide; a command missing one of its
@@ -56,6 +57,8 @@ class Parser(argparse.ArgumentParser):
     """argparse, but a refusal is one line: `hpcbench plan: error: argument --tp: ...`."""
 
     def error(self, message: str) -> NoReturn:
+        for name in HIDDEN_COMMANDS:  # argparse lists every choice when refusing an unknown command
+            message = message.replace(f", {name!r}", "")
         self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {printable(message)} (see '{self.prog} --help')\n")
 
     def _print_message(self, message: str, file: Any = None) -> None:

@@ -55,8 +55,9 @@ def utc_now() -> str:
 
 
 def default_root() -> Path:
-    """Where experiments go when no --root is given: $HPCBENCH_ROOT, else ./hpcbench-runs."""
-    return Path(os.environ.get("HPCBENCH_ROOT", "hpcbench-runs"))
+    """Where experiments go when no --root is given: $HPCBENCH_ROOT, else ./hpcbench-runs (an empty
+    HPCBENCH_ROOT counts as unset: it must not make the current folder the root)."""
+    return Path(os.environ.get("HPCBENCH_ROOT") or "hpcbench-runs")
 
 
 def atomic_write(path: Path, text: str) -> None:

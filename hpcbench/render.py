@@ -19,7 +19,7 @@ from hpcbench.config.errors import UserError
 from hpcbench.config.job import Job
 from hpcbench.config.site import format_walltime, parse_walltime
 from hpcbench.launchers import STEP_CPUS_TOKEN, node_prefix
-from hpcbench.runtime.cluster import RAY_DIR_PREFIX
+from hpcbench.runtime.ray_paths import RAY_DIR_PREFIX
 
 # Seconds the batch script needs after the driver ends: the exit record, then up to 10 s for the Ray
 # daemons to stop. The driver ends this long before the walltime (HPCBENCH_TEARDOWN_S).

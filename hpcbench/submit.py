@@ -16,7 +16,7 @@ from hpcbench.config import load_site, load_sweep, resolve_model
 from hpcbench.config.errors import UserError
 from hpcbench.config.job import Job, resolve_job
 from hpcbench.experiment import CONFIG, JOB_SCRIPT, SUBMIT, Experiment, atomic_write, default_root, utc_now, write_json
-from hpcbench.plan import DEFAULT_MODEL, DEFAULT_SITE, default_context, default_mode, default_sweep
+from hpcbench.plan import DEFAULT_MODEL, DEFAULT_SITE, default_sweep
 from hpcbench.render import render_job
 from hpcbench.schedulers.base import SchedulerError, Submitted, get_scheduler
 
@@ -55,8 +55,8 @@ def submit(args: argparse.Namespace) -> int:
     root = args.root or default_root()
     _check_root(root)
     exp = Experiment.allocate(root, site.name, model.name)
-    job = resolve_job(site=site, model=model, sweep=sweep, experiment=exp.path, mode=args.mode or default_mode(sweep),
-                      nodes=args.nodes, tp=args.tp, max_model_len=args.max_model_len or default_context(sweep),
+    job = resolve_job(site=site, model=model, sweep=sweep, experiment=exp.path, mode=args.mode,
+                      nodes=args.nodes, tp=args.tp, max_model_len=args.max_model_len,
                       dtype=args.dtype, account=args.account, queue=args.queue, walltime=args.walltime,
                       model_path=args.model_path, engine_timeout_s=args.engine_timeout)
     script = render_job(job)

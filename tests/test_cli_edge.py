@@ -219,6 +219,21 @@ def test_help_does_not_list_the_internal_driver_command(box: Box) -> None:
     assert box.run("driver", "--help").returncode == 0  # still there for the batch script
 
 
+def test_unknown_command_lists_only_the_users_commands(box: Box) -> None:
+    line = box.refused("nosuch")
+    assert "invalid choice: 'nosuch'" in line and "'collect'" in line and "driver" not in line
+
+
+def test_empty_root_variable_is_the_default_root_not_the_current_folder(box: Box) -> None:
+    exp = box.home / "20250101T000000Z-aaaaaa"  # an experiment right in the current folder
+    exp.mkdir()
+    (exp / "config.yaml").write_text("{}\n")
+    (exp / "submit.json").write_text('{"scheduler": "local", "job_id": "1.1", "site": "local"}\n')
+    proc = box.run("status", env={"HPCBENCH_ROOT": ""})
+    assert proc.returncode == 0 and proc.stdout.startswith("no submitted experiments under hpcbench-runs"), \
+        proc.stdout + proc.stderr
+
+
 def test_driver_refuses_a_folder_that_is_not_an_experiment_and_creates_nothing(box: Box) -> None:
     line = box.refused("driver", "no/such/exp")
     assert "no/such/exp is not an experiment directory (no config.yaml)" in line

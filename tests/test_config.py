@@ -107,7 +107,8 @@ LIGHT = ["--help"], ["sites"], ["models"], ["plan", "--site", "aurora", "--model
 def test_login_node_commands_import_nothing_heavy(args, tmp_path):
     code = ("import sys; from hpcbench.cli import main\n"
             "try:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
-            "heavy = [m for m in ('pandas', 'ray', 'vllm', 'torch', 'matplotlib', 'numpy', 'aiohttp') "
+            "heavy = [m for m in ('pandas', 'ray', 'vllm', 'torch', 'matplotlib', 'numpy', 'aiohttp', 'pydantic', "
+            "'hpcbench.runtime.cluster') "
             "if m in sys.modules]\nprint('HEAVY', heavy)")
     out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=tmp_path)
     assert "HEAVY []" in out.stdout, out.stdout + out.stderr

@@ -20,7 +20,7 @@ from hpcbench.config.model import ModelSpec
 from hpcbench.config.site import Site
 from hpcbench.config.sweep import Sweep
 from hpcbench.config.values import format_walltime, non_empty, one_line, parse_walltime
-from hpcbench.plan import Mode, Plan, plan
+from hpcbench.plan import Mode, Plan, default_context, default_mode, plan
 
 
 class Ports(Strict, kw_only=True):
@@ -131,9 +131,9 @@ def resolve_job(*, site: Site, model: ModelSpec, sweep: Sweep, experiment: Path,
                 value_check(value, flag)
             except ValueError as exc:
                 raise UserError(str(exc)) from None
-    mode = mode or sweep.mode or "serve"
+    mode = mode or default_mode(sweep)
     needed = sweep.needed_context()
-    context = max_model_len or needed
+    context = max_model_len or default_context(sweep)
     if needed > context:
         worst = max(sweep.scenarios, key=lambda s: s.needed_context())
         raise UserError(f"sweep {sweep.name!r} scenario {worst.name!r} needs {needed} tokens of context, "

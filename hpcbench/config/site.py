@@ -147,7 +147,7 @@ class RaySettings(Strict, kw_only=True):
     ready_timeout_s: PositiveInt = 300
 
     def __post_init__(self) -> None:
-        from hpcbench.runtime.cluster import check_ray_temp_dir
+        from hpcbench.runtime.ray_paths import check_ray_temp_dir
 
         check("temp_dir", non_empty, self.temp_dir, "temp_dir")
         check("temp_dir", check_ray_temp_dir, self.temp_dir)
