@@ -387,11 +387,16 @@ def _silence_stdout() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if sys.stdout is None:  # started with stdout closed (`>&-`): the output goes nowhere
+        sys.stdout = open(os.devnull, "w")
     try:
         return _run(argv)
     except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as git and ls do
         _silence_stdout()
         return EXIT_BROKEN_PIPE
+    except OSError as exc:  # the output itself could not be written (a full disk)
+        _silence_stdout()
+        return _fail(f"cannot write the output: {exc.strerror or exc}", EXIT_USER_ERROR)
 
 
 if __name__ == "__main__":

@@ -142,11 +142,12 @@ class Experiment:
         write_json(self.path / PHASE, {"phase": phase, "detail": detail, "time": utc_now(), **extra})
 
     def phase(self) -> dict[str, Any]:
-        return read_json(self.path / PHASE) or {}
+        return _mapping(read_json(self.path / PHASE)) or {}
 
     def submit_record(self) -> dict[str, Any] | None:
         """What submit recorded (None when missing or damaged: a record is a JSON mapping)."""
-        return _mapping(read_json(self.path / SUBMIT))
+        record = _mapping(read_json(self.path / SUBMIT))
+        return record if record is not None and isinstance(record.get("job_id", ""), str) else None
 
     def finished(self) -> dict[str, Any] | None:
         """The job's own exit record, written by the batch script's trap (None while it runs)."""

@@ -67,10 +67,10 @@ def submit(args: argparse.Namespace) -> int:
         print(f"# dry run: would create {exp.path} and submit with {site.scheduler.kind}; nothing submitted",
               file=sys.stderr)
         return 0
-    if model.local and not args.model_path:  # a path the user names is used as it is, never written
-        _ensure_tiny_model(job)
-    made = _create(exp)
+    made = _create(exp)  # first: a root that cannot hold the experiment is refused before anything is made
     try:
+        if model.local and not args.model_path:  # a path the user names is used as it is, never written
+            _ensure_tiny_model(job)
         atomic_write(exp.file(JOB_SCRIPT), script)
         job.save(exp.file(CONFIG))
     except BaseException:
@@ -128,9 +128,23 @@ def resume(path: Path, args: argparse.Namespace) -> int:
         state = job_states([exp])[exp.path]
         if not state.state.terminal and state.state.value != "unknown":
             raise UserError(f"{path} is still {state.state.value} as job {record['job_id']}; cancel it first")
-    for marker in ("finished", "phase.json"):
-        exp.file(marker).unlink(missing_ok=True)
-    return _submitted(exp, job, _send(exp, job, previous=record), args)
+    if args.dry_run:  # the script is the experiment's own: show it, change nothing
+        print(exp.file(JOB_SCRIPT).read_text(), end="")
+        print(f"# dry run: would submit {exp.file(JOB_SCRIPT)} again; nothing submitted", file=sys.stderr)
+        return 0
+    # The last attempt's end records make way for the new job's, but come back if the scheduler refuses.
+    markers = [exp.file(name) for name in ("finished", "phase.json") if exp.file(name).exists()]
+    for marker in markers:
+        marker.rename(marker.with_name(marker.name + ".previous"))
+    try:
+        result = _send(exp, job, previous=record)
+    except BaseException:
+        for marker in markers:
+            marker.with_name(marker.name + ".previous").rename(marker)
+        raise
+    for marker in markers:
+        marker.with_name(marker.name + ".previous").unlink(missing_ok=True)
+    return _submitted(exp, job, result, args)
 
 
 def _ensure_tiny_model(job: Job) -> None:

@@ -1,9 +1,10 @@
 """Shared fixtures live in tests/fixtures/ (one module per real part) and are loaded here.
 
-The suite runs on two workers (pytest-xdist, `-n 2 --dist loadgroup` in pyproject's addopts; `-n 0`
-runs it in one process). Each test module is one group, so its servers start once; every test on the
-shared Slurm clusters is in one group, as the clusters live once per worker. The groups that take
-longest are handed out first, so the run ends when the longest group does.
+The suite runs on two workers (pytest-xdist, `-n 2 --dist loadgroup --no-loadscope-reorder` in
+pyproject's addopts; `-n 0` runs it in one process). Each test module is one group, so its servers start
+once; every test on the shared Slurm clusters is in one group, as the clusters live once per worker.
+Groups are handed out in collection order (xdist would otherwise start with the groups of most tests),
+and the longest come first, so the run ends soon after the longest group does.
 """
 
 from __future__ import annotations

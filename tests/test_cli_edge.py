@@ -371,3 +371,70 @@ def test_sites_lists_the_good_profiles_and_warns_about_a_broken_one(box: Box) ->
     assert proc.returncode == 0 and "local" in proc.stdout and "broken" not in proc.stdout
     [warning] = proc.stderr.splitlines()
     assert warning.startswith("hpcbench: warning: skipped ") and "broken.yaml" in warning
+
+
+# --- resume, damaged and unusual files, closed output ----------------------------------------------------
+
+def resumable(box: Box, site: str) -> Path:
+    """An experiment as submit leaves it after a run that ended: config.yaml, job.sh, the end records."""
+    from fixtures.vllm import make_job
+    from hpcbench.render import render_job
+
+    exp = box.home / "runs" / "exp"
+    job = make_job(exp, box.home / "model", site=site)
+    (exp / "job.sh").write_text(render_job(job))
+    (exp / "finished").write_text('{"exit_code": 124, "reason": "timeout"}\n')
+    (exp / "phase.json").write_text('{"phase": "failed", "detail": "walltime"}\n')
+    return exp
+
+
+def test_resume_dry_run_shows_the_script_and_changes_nothing(box: Box) -> None:
+    exp = resumable(box, "local")
+    before = {p.name: p.read_bytes() for p in exp.iterdir() if p.is_file()}
+    proc = box.run("submit", "--resume", str(exp), "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == (exp / "job.sh").read_text() and "nothing submitted" in proc.stderr
+    assert {p.name: p.read_bytes() for p in exp.iterdir() if p.is_file()} == before  # no job, no submit.json
+
+
+def test_resume_the_scheduler_refuses_keeps_the_last_end_records(box: Box, tmp_path: Path) -> None:
+    exp = resumable(box, str(TEST_SITES / "slurm-local.yaml"))
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "sbatch").write_text("#!/bin/sh\necho 'sbatch: error: Batch job submission failed: Invalid account' >&2\n"
+                                 "exit 1\n")
+    (fake / "sbatch").chmod(0o755)
+    before = {p.name: p.read_bytes() for p in exp.iterdir() if p.is_file()}
+    line = box.refused("submit", "--resume", str(exp), env={"PATH": f"{fake}{os.pathsep}{os.environ['PATH']}"})
+    assert "Invalid account" in line
+    assert {p.name: p.read_bytes() for p in exp.iterdir() if p.is_file()} == before
+
+
+def test_site_file_that_is_not_utf8_is_one_line(box: Box) -> None:
+    site = box.home / "latin1.yaml"
+    site.write_bytes("extends: local\ndescription: caf\xe9\n".encode("latin-1"))
+    assert "latin1.yaml: not UTF-8 text" in box.refused("plan", "--site", str(site))
+
+
+def test_numbers_written_as_text_in_a_site_file_load_as_numbers(box: Box) -> None:
+    site = box.home / "quoted.yaml"
+    site.write_text("extends: slurm-h100\nnode: {accelerators: '4', memory_gib: '80'}\n")
+    proc = box.run("plan", "--site", str(site), "--model", "8b")
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_damaged_phase_record_has_no_traceback(box: Box) -> None:
+    exp = damaged_experiment(box, '{"scheduler": "local", "job_id": "1.1", "site": "local"}\n')
+    (exp / "phase.json").write_text("[1]\n")
+    proc = box.run("status")
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_closed_stdout_and_a_full_disk_are_not_tracebacks(box: Box) -> None:
+    closed = subprocess.run([sys.executable, "-m", "hpcbench", "sites"], cwd=box.home, env=box.env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=120,
+                            preexec_fn=lambda: os.close(1))
+    assert closed.returncode == 0 and "Traceback" not in closed.stderr, closed.stderr
+    with open("/dev/full", "w") as full:
+        proc = box.run("--help", stdout=full)
+    assert proc.returncode == 2 and proc.stderr == "hpcbench: error: cannot write the output: No space left on device\n"

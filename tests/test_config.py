@@ -65,6 +65,9 @@ def test_user_sites_folder_is_searched(tmp_path):
     (GOOD + "hf_home: /data/hub\n", "hf_home", "not hub/ itself"),
     (GOOD + "env: {'BAD NAME': x}\n", "env", "not a shell variable name"),
     (GOOD + "extends: nosuchsite\n", "extends", "unknown site 'nosuchsite'"),
+    # Beyond any machine: refused, not planned over (a planner loop over 10**23 layouts never ends).
+    (GOOD.replace("accelerators: 4", "accelerators: 99999999999999999999999"), "node.accelerators", "at most 64"),
+    (GOOD.replace("max_nodes: 4", "max_nodes: 10000000000"), "scheduler.max_nodes", "at most 100000"),
     ("- a\n- b\n", "", "expected a mapping"),
 ])
 def test_bad_site_names_file_key_and_expectation(tmp_path, text, key, expected):

@@ -16,7 +16,6 @@ class ConfigError(UserError):
 
     def __init__(self, file: str | Path | None, key: str, problem: str) -> None:
         self.file, self.key, self.problem = file, key, problem
-        where = f"{file}" if file else "<config>"
-        if key:
-            where += f": {key}"
-        super().__init__(f"{where}: {problem}")
+        # Without a file the value came from the command line, and key names the flag.
+        where = ": ".join(str(part) for part in (file, key) if part)
+        super().__init__(f"{where}: {problem}" if where else problem)

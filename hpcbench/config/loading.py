@@ -89,6 +89,8 @@ def read_yaml(path: Path | str, text: str | None = None) -> dict[str, Any]:
         raw = Path(path).read_text() if text is None else text
     except OSError as exc:
         raise ConfigError(path, "", f"cannot read file ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(path, "", f"not UTF-8 text (byte {exc.start})") from None
     loader = _Loader(raw)
     try:
         root = loader.get_single_node()
@@ -126,7 +128,7 @@ def validate(model: type[T], data: dict[str, Any], file: Path | str | None, orig
 
     origin, when the data was merged from several files, gives the file a key path came from."""
     try:
-        return msgspec.convert(data, model)
+        return msgspec.convert(data, model, strict=False)  # "4" and 4.0 are read as 4, as YAML users expect
     except msgspec.ValidationError as exc:
         from hpcbench.config.explain import explain  # only when something is wrong
 

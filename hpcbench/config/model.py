@@ -69,4 +69,4 @@ def resolve_model(name: str, models: list[ModelSpec] | None = None) -> ModelSpec
         if wanted in {m.name.lower(), m.hf_id.lower(), *(a.lower() for a in m.aliases)}:
             return m
     known = ", ".join(f"{m.name} ({'/'.join(m.aliases)})" if m.aliases else m.name for m in models)
-    raise ConfigError(None, "model", f"unknown model {name!r}; known models: {known}")
+    raise ConfigError(None, "--model", f"unknown model {name!r}; known models: {known}")

@@ -23,6 +23,14 @@ from hpcbench.config.values import (WALLTIME_FORMS, env_name, format_walltime, n
 Accelerator = Literal["cuda", "xpu", "rocm", "cpu"]
 
 
+# Upper bounds well above any machine built, so a typo (an extra digit, a value in bytes) is refused
+# instead of sending the planner through billions of layouts.
+PerNodeAccelerators = Annotated[int, msgspec.Meta(ge=1, le=64)]
+AcceleratorGiB = Annotated[float, msgspec.Meta(gt=0, le=4096)]
+NodeCPUs = Annotated[int, msgspec.Meta(ge=1, le=8192)]
+JobNodes = Annotated[int, msgspec.Meta(ge=1, le=100_000)]
+
+
 class QueueRule(Strict, kw_only=True):
     """One row of a site's queue table: jobs of min_nodes..max_nodes nodes (and at most max_walltime) go here."""
 
@@ -59,9 +67,9 @@ class SchedulerSettings(Strict, kw_only=True):
     gpus_per_node_directive: bool = True  # Slurm: request --gpus-per-node
     # Slurm --cpus-per-task for the job (default: node.cpus, or nothing with exclusive); each step gets
     # what the job holds on its node.
-    cpus_per_task: PositiveInt | None = None
+    cpus_per_task: NodeCPUs | None = None
     directives: list[str] = []  # extra header options, verbatim
-    max_nodes: PositiveInt = 1  # most nodes one job may use
+    max_nodes: JobNodes = 1  # most nodes one job may use
     accounting: Literal["auto", "yes", "no"] = "auto"
     # Slurm: USR1 this long before the time limit (0: none; the driver stops in time by itself).
     timeout_signal_s: NonNegativeInt = 0
@@ -99,9 +107,9 @@ DEVICE_VARS: dict[str, str | None] = {
 
 class NodeSettings(Strict, kw_only=True):
     accelerator: Accelerator
-    accelerators: PositiveInt  # accelerators (GPUs or GPU tiles) per node
-    memory_gib: PositiveFloat  # memory per accelerator in GiB
-    cpus: PositiveInt
+    accelerators: PerNodeAccelerators  # accelerators (GPUs or GPU tiles) per node
+    memory_gib: AcceleratorGiB  # memory per accelerator in GiB
+    cpus: NodeCPUs
     # The variable naming visible devices; default from the accelerator (CUDA_VISIBLE_DEVICES,
     # HIP_VISIBLE_DEVICES, ZE_AFFINITY_MASK).
     visible_devices_var: str | None = None
@@ -261,7 +269,7 @@ def _locate(name_or_path: str) -> Path:
         return candidate
     files = site_files()
     if name_or_path not in files:
-        raise ConfigError(None, "site", f"unknown site {name_or_path!r}; known sites: {', '.join(sorted(files))}")
+        raise ConfigError(None, "--site", f"unknown site {name_or_path!r}; known sites: {', '.join(sorted(files))}")
     return files[name_or_path]
 
 
@@ -331,14 +339,14 @@ def load_site(name_or_path: str) -> Site:
     return validate(Site, merged, path, origin=lambda keys: _origin(chain, keys))
 
 
-def list_sites() -> tuple[list[tuple[str, Path, Site]], list[ConfigError]]:
+def list_sites() -> tuple[list[tuple[str, Path, Site]], list[UserError]]:
     """Every site site_files() finds, loaded one by one: (name, file, site) of those that load, and
     the error of each that does not (one broken file must not hide the others)."""
     good: list[tuple[str, Path, Site]] = []
-    broken: list[ConfigError] = []
+    broken: list[UserError] = []
     for name, path in sorted(site_files().items()):
         try:
             good.append((name, path, load_site(str(path))))
-        except ConfigError as exc:
+        except UserError as exc:  # ConfigError mostly; anything a user's file can cause
             broken.append(exc)
     return good, broken

@@ -143,7 +143,7 @@ def load_sweep(name_or_path: str) -> Sweep:
     if not (path.suffix in (".yaml", ".yml") or os.sep in name_or_path):
         files = sweep_files()
         if name_or_path not in files:
-            raise ConfigError(None, "sweep", f"unknown sweep {name_or_path!r}; known sweeps: "
+            raise ConfigError(None, "--sweep", f"unknown sweep {name_or_path!r}; known sweeps: "
                               f"{', '.join(sorted(files))}")
         path = files[name_or_path]
     elif not path.is_file():
