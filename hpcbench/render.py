@@ -17,7 +17,7 @@ import jinja2
 from hpcbench import __version__
 from hpcbench.config.errors import UserError
 from hpcbench.config.job import Job
-from hpcbench.config.site import format_walltime, parse_walltime
+from hpcbench.config.values import format_walltime, parse_walltime
 from hpcbench.launchers import STEP_CPUS_TOKEN, node_prefix
 from hpcbench.runtime.ray_paths import RAY_DIR_PREFIX
 

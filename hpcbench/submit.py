@@ -23,7 +23,7 @@ from hpcbench.schedulers.base import SchedulerError, Submitted, get_scheduler
 
 def job_warnings(job: Job) -> list[str]:
     """What is allowed but likely to disappoint: the planner's warnings, a walltime too short."""
-    from hpcbench.config.site import parse_walltime
+    from hpcbench.config.values import parse_walltime
 
     out = list(job.plan.warnings)
     wall = parse_walltime(job.walltime)

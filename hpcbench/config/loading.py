@@ -8,6 +8,7 @@ msgspec reports into one `<file>: <key.path>: <problem>` message.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
@@ -148,6 +149,21 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
         else:
             merged[key] = value
     return merged
+
+
+def is_yaml_path(name_or_path: str) -> bool:
+    """Whether --site/--sweep names a file (a .yaml path, or anything with a folder) rather than a catalog name."""
+    return Path(name_or_path).suffix in (".yaml", ".yml") or os.sep in name_or_path
+
+
+def name_from_file(path: Path, what: str) -> str:
+    """The name of a profile without a `name:` key: its file's stem, if that is a safe name."""
+    from hpcbench.config.values import safe_name
+
+    try:
+        return safe_name(path.stem, what)
+    except ValueError as exc:
+        raise ConfigError(path, "name", f"no name key, and the file name cannot be one: {exc}") from None
 
 
 def package_files(package: str, pattern: str = "*.yaml") -> dict[str, Path]:

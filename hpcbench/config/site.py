@@ -16,7 +16,8 @@ import msgspec
 
 from hpcbench.config.errors import ConfigError, UserError
 from hpcbench.config.loading import (FieldError, NonNegativeInt, Port, PositiveFloat, PositiveInt, Strict, check,
-                                     deep_merge, package_files, read_yaml, validate)
+                                     deep_merge, is_yaml_path, name_from_file, package_files,
+                                     read_yaml, validate)
 from hpcbench.config.values import (WALLTIME_FORMS, env_name, format_walltime, non_empty, one_line,  # noqa: F401
                                     parse_walltime, safe_name, scheduler_word)
 
@@ -257,12 +258,8 @@ def site_names() -> list[str]:
     return sorted(site_files())
 
 
-def _is_path(name_or_path: str) -> bool:
-    return Path(name_or_path).suffix in (".yaml", ".yml") or os.sep in name_or_path
-
-
 def _locate(name_or_path: str) -> Path:
-    if _is_path(name_or_path):
+    if is_yaml_path(name_or_path):
         candidate = Path(name_or_path).expanduser()
         if not candidate.is_file():
             raise ConfigError(candidate, "", "no such site file")
@@ -277,7 +274,7 @@ def _parent_file(parent: Any, child: Path) -> Path:
     """The file `extends: parent` of child names: a site name, or a path relative to child's folder."""
     if not isinstance(parent, str) or not parent.strip():
         raise ConfigError(child, "extends", f"expected a site name or path (got {parent!r})")
-    if _is_path(parent):
+    if is_yaml_path(parent):
         path = child.parent / Path(parent).expanduser()
         if not path.is_file():
             raise ConfigError(child, "extends", f"no such site file: {path}")
@@ -327,10 +324,7 @@ def load_site(name_or_path: str) -> Site:
     chain = _chain(name_or_path)
     path, data = chain[0]
     if "name" not in data:  # named after its file
-        try:
-            safe_name(path.stem, "site name")
-        except ValueError as exc:
-            raise ConfigError(path, "name", f"no name key, and the file name cannot be one: {exc}") from None
+        name_from_file(path, "site name")
     merged: dict[str, Any] = {}
     for _, parent in reversed(chain[1:]):
         merged = deep_merge(merged, parent)

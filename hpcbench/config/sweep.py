@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -18,8 +17,8 @@ from typing import Annotated, Literal
 import msgspec
 
 from hpcbench.config.errors import ConfigError
-from hpcbench.config.loading import (FieldError, NonNegativeInt, PositiveFloat, PositiveInt, Strict, check, read_yaml,
-                                     validate)
+from hpcbench.config.loading import (FieldError, NonNegativeInt, PositiveFloat, PositiveInt, Strict, check, is_yaml_path,
+                                     name_from_file, read_yaml, validate)
 from hpcbench.config.values import safe_name
 
 # One value or a non-empty list of them.
@@ -140,7 +139,7 @@ def sweep_names() -> list[str]:
 
 def load_sweep(name_or_path: str) -> Sweep:
     path = Path(name_or_path)
-    if not (path.suffix in (".yaml", ".yml") or os.sep in name_or_path):
+    if not is_yaml_path(name_or_path):
         files = sweep_files()
         if name_or_path not in files:
             raise ConfigError(None, "--sweep", f"unknown sweep {name_or_path!r}; known sweeps: "
@@ -150,8 +149,5 @@ def load_sweep(name_or_path: str) -> Sweep:
         raise ConfigError(path, "", "no such sweep file")
     data = read_yaml(path)
     if "name" not in data:  # named after its file
-        try:
-            data["name"] = safe_name(path.stem, "sweep name")
-        except ValueError as exc:
-            raise ConfigError(path, "name", f"no name key, and the file name cannot be one: {exc}") from None
+        data["name"] = name_from_file(path, "sweep name")
     return validate(Sweep, data, path)
