@@ -76,29 +76,26 @@ async def _completions(request) -> object:
     return resp
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def endpoints() -> Iterator[list[Endpoint]]:
     """Two endpoints served from one background event loop."""
     from aiohttp import web
 
     loop = asyncio.new_event_loop()
-    eps = [Endpoint(f"http://127.0.0.1:{_free_port()}") for _ in range(2)]
+    # Each server keeps the socket it was given: asking for a free port and binding it later races
+    # with every other process (and can hand the same port out twice).
+    socks = [socket.create_server(("127.0.0.1", 0)) for _ in range(2)]
+    eps = [Endpoint(f"http://127.0.0.1:{s.getsockname()[1]}") for s in socks]
     runners = []
 
     async def start() -> None:
-        for ep in eps:
+        for ep, sock in zip(eps, socks):
             app = web.Application()
             app["endpoint"] = ep
             app.router.add_post("/v1/completions", _completions)
             runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
             await runner.setup()
-            await web.TCPSite(runner, "127.0.0.1", int(ep.url.rsplit(":", 1)[1])).start()
+            await web.SockSite(runner, sock).start()
             runners.append(runner)
 
     thread = threading.Thread(target=loop.run_forever, daemon=True)
@@ -156,12 +153,14 @@ def test_non_streaming_has_latency_but_no_ttft(endpoints: list[Endpoint]) -> Non
 
 
 def test_failures_are_counted_not_raised(endpoints: list[Endpoint]) -> None:
-    dead = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
-    cases = {"error500": endpoints[0].url, "midstream": endpoints[0].url, "normal": dead}
-    for mode, url in cases.items():
-        out = client.run(client.run_requests([url], "/v1/completions", _reqs(mode, 5), concurrency=2))
-        assert len(out.results) == 5
-        assert all(not r.ok and r.error for r in out.results), mode
+    with socket.socket() as closed:  # bound, never listening: connections are refused and no one can take it
+        closed.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{closed.getsockname()[1]}"
+        cases = {"error500": endpoints[0].url, "midstream": endpoints[0].url, "normal": dead}
+        for mode, url in cases.items():
+            out = client.run(client.run_requests([url], "/v1/completions", _reqs(mode, 5), concurrency=2))
+            assert len(out.results) == 5
+            assert all(not r.ok and r.error for r in out.results), mode
     assert "500" in out.results[0].error or "Connect" in out.results[0].error
     t0 = time.monotonic()
     out = client.run(client.run_requests([endpoints[0].url], "/v1/completions", _reqs("slow", 2),
