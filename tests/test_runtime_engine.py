@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -98,3 +99,24 @@ def test_timeout_names_the_server(tmp_path: Path) -> None:
     assert time.monotonic() - t0 < 10
     assert "still loading" in str(err.value)
     assert servers[0].proc.poll() is not None
+
+
+def test_stop_returns_once_the_whole_group_is_gone(tmp_path: Path) -> None:
+    """Workers that ignore TERM and outlive their leader still hold devices: stop ends only when none is left."""
+    code = ("import os, signal, subprocess, sys, time\n"
+            "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+            "for _ in range(3):\n"
+            "    subprocess.Popen([sys.executable, '-c', 'import signal, time; "
+            "signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)'])\n"
+            "print('workers up', flush=True)\n"
+            "time.sleep(60)\n")
+    argv = [sys.executable, "-c", code]
+    servers = launch([ServerSpec("engine-0", "local", "127.0.0.1", free_port(), argv, argv, {})], tmp_path / "logs")
+    log = tmp_path / "logs" / "engine-0.log"
+    deadline = time.monotonic() + 20
+    while "workers up" not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    pgid = servers[0].proc.pid
+    stop_servers(servers, grace_s=0.5)
+    with pytest.raises(ProcessLookupError):
+        os.killpg(pgid, 0)

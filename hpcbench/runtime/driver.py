@@ -31,7 +31,7 @@ from hpcbench.runtime.cluster import ClusterError, wait_for_cluster
 
 SWEEP_JOIN_S = 2.0  # a stopped sweep aborts its point within a fraction of a second
 # From the stop event to this process's end: the watcher's poll, the sweep's join, the servers' stop.
-STOP_S = engine.POLL_S + SWEEP_JOIN_S + engine.STOP_GRACE_S + engine.KILL_WAIT_S + 2.0
+STOP_S = engine.POLL_S + SWEEP_JOIN_S + engine.STOP_GRACE_S + 2 * engine.KILL_WAIT_S + 2.0
 WALLTIME_EXIT = 124
 
 

@@ -148,7 +148,7 @@ def start_server(spec: ServerSpec, logs: Path, extra_env: Mapping[str, str] | No
 
 def stop_server(server: Server, grace_s: float = STOP_GRACE_S) -> int | None:
     """TERM to the whole process group, a short wait, then KILL; returns the exit code. Bounded by
-    grace_s + KILL_WAIT_S so a stopped job ends well within the scheduler's kill delay."""
+    grace_s + 2 * KILL_WAIT_S so a stopped job ends well within the scheduler's kill delay."""
     proc = server.proc
     for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, KILL_WAIT_S)):
         try:
@@ -160,11 +160,17 @@ def stop_server(server: Server, grace_s: float = STOP_GRACE_S) -> int | None:
             break
         except subprocess.TimeoutExpired:
             continue
-    # The leader may be gone while workers of its group linger; make sure none survives.
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
+    # The leader may be gone while workers of its group linger; make sure none survives, and wait
+    # (bounded) until the group is really empty: a killed worker still holds its devices until it is gone.
+    deadline = time.monotonic() + KILL_WAIT_S
+    while True:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            break
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     return proc.poll()
 
 
@@ -174,7 +180,7 @@ def stop_servers(servers: Sequence[Server], grace_s: float = STOP_GRACE_S) -> No
     for t in threads:
         t.start()
     for t in threads:
-        t.join(grace_s + KILL_WAIT_S + 1)
+        t.join(grace_s + 2 * KILL_WAIT_S + 1)
 
 
 def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
