@@ -21,6 +21,7 @@ from typing import Any, Callable, NoReturn
 from hpcbench import __version__
 from hpcbench.config import values
 from hpcbench.config.errors import UserError
+from hpcbench.engine_config import engine_dtype, kv_cache_dtype
 
 EPILOG = """\
 typical use:
@@ -97,6 +98,8 @@ TEXT = _flag(values.non_empty)
 PATH = _flag(lambda v, what: Path(values.non_empty(v, what)))
 WORD = _flag(lambda v, what: values.scheduler_word(values.non_empty(v, what), what))
 WALLTIME = _flag(_walltime)
+DTYPE = _flag(lambda v, what: engine_dtype(values.non_empty(v, what), what))
+KV_DTYPE = _flag(lambda v, what: kv_cache_dtype(values.non_empty(v, what), what))
 
 
 # --- commands ---
@@ -127,14 +130,21 @@ def cmd_sites(args: argparse.Namespace) -> int:
 
 def cmd_models(args: argparse.Namespace) -> int:
     from hpcbench.config.model import load_models
+    from hpcbench.model_size import size
 
-    rows = [{"name": m.name, "aliases": ",".join(m.aliases), "hf_id": m.hf_id, "params_b": f"{m.params_b:g}",
-             "layers": m.layers, "heads": m.heads, "kv_heads": m.kv_heads, "head_dim": m.head_dim,
-             "max_context": m.max_context} for m in load_models()]
+    rows = []
+    for m in load_models():
+        n = size(m)
+        kind = "+".join(k for k, on in (("MoE", m.experts), ("MLA", m.mla), ("window", m.window_layers)) if on)
+        rows.append({"name": m.name, "aliases": ",".join(m.aliases), "hf_id": m.hf_id,
+                     "params_b": float(f"{n.total / 1e9:.6g}"), "active_b": float(f"{n.active / 1e9:.6g}"),
+                     "kind": kind or "dense", "weights": m.quantization or m.dtype, "layers": m.layers,
+                     "heads": m.heads, "kv_heads": m.kv_heads, "head_dim": m.head_dim, "max_context": m.max_context})
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
-        _print_table(rows, ["name", "aliases", "params_b", "layers", "heads", "kv_heads", "head_dim", "max_context"])
+        _print_table(rows, ["name", "aliases", "params_b", "active_b", "kind", "weights", "layers", "kv_heads",
+                            "max_context"])
     return 0
 
 
@@ -142,8 +152,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from hpcbench.plan import DEFAULT_MODEL, DEFAULT_SITE, plan_for
     from hpcbench.plan_report import format_plan
 
-    p = plan_for(args.site or DEFAULT_SITE, args.model or DEFAULT_MODEL, args.sweep, max_model_len=args.max_model_len,
-                 dtype=args.dtype, mode=args.mode, nodes=args.nodes, tp=args.tp, concurrency=args.concurrency)
+    p = plan_for(args.site or DEFAULT_SITE, args.model or DEFAULT_MODEL, args.sweep, model_path=args.model_path,
+                 max_model_len=args.max_model_len, dtype=args.dtype, kv_cache=args.kv_cache_dtype,
+                 fit_load=args.fit_load, mode=args.mode, nodes=args.nodes, tp=args.tp, concurrency=args.concurrency)
     print(json.dumps(p.to_dict(), indent=2) if args.json else format_plan(p))
     return 0
 
@@ -204,7 +215,11 @@ examples:
   hpcbench plan --site aurora --model 405b --json
   hpcbench plan --site slurm-h100 --model 70b --mode replicas --nodes 2 --max-model-len 8192
 
-Without --max-model-len the engine is sized for the longest context the sweep needs, as submit does.
+  hpcbench plan --site slurm-h100 --model ./Qwen2.5-72B-Instruct     # a folder with a config.json
+  hpcbench plan --site slurm-h100 --model 70b --sweep nvidia-usecases --fit-load
+
+Without --max-model-len the engine is sized for the longest context the sweep needs, and the load is the
+sweep's heaviest point: `plan --sweep S` shows the layout `submit --sweep S` runs.
 """
 
 SUBMIT_EXAMPLES = """\
@@ -247,7 +262,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     def plan_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--site", type=TEXT, help="site name or YAML path (default: local)")
-        p.add_argument("--model", type=TEXT, help="catalog name, alias or HF id, e.g. 405b (default: tiny)")
+        p.add_argument("--model", type=TEXT,
+                       help="catalog name or alias (hpcbench models), a Hugging Face id in the site's models_dir "
+                            "or cache, or a folder with a config.json (default: tiny)")
+        p.add_argument("--model-path", type=TEXT,
+                       help="where the engine loads a catalog model from: a folder or HF id; its config.json "
+                            "must match the catalog (default: the site's models_dir, else the HF id)")
         p.add_argument("--sweep", type=TEXT, help="sweep name or YAML path (default: smoke on CPU sites, "
                                                   "aurora-fom elsewhere)")
         p.add_argument("--mode", choices=["serve", "replicas", "offline"],
@@ -257,13 +277,23 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--tp", type=COUNT, help="tensor parallel size (default: chosen by the planner)")
         p.add_argument("--max-model-len", type=COUNT, metavar="TOKENS",
                        help="context length the engine must hold (default: the longest the sweep needs)")
-        p.add_argument("--dtype", type=TEXT, help="weights dtype, e.g. bfloat16, fp8 (default: the site's)")
+        p.add_argument("--dtype", type=DTYPE, help="vLLM's --dtype: auto, bfloat16 (bf16), float16 (fp16), "
+                                                   "float32 (fp32); quantized weights come from the checkpoint "
+                                                   "(default: the site's)")
+        p.add_argument("--kv-cache-dtype", type=KV_DTYPE, metavar="DTYPE",
+                       help="vLLM's --kv-cache-dtype: auto (as --dtype), fp8, fp8_e4m3, fp8_e5m2, bfloat16, "
+                            "float16 (default: the site's, else auto)")
+        p.add_argument("--fit-load", action="store_true",
+                       help="add nodes (or TP, for replicas) until the KV cache holds the sweep's heaviest "
+                            "point; by default the layout holds full-length sequences and a heavier load "
+                            "queues in the engine, as the plan says")
 
     p = add("plan", cmd_plan, "show how a model fits a site: memory arithmetic and the chosen TP/PP/nodes",
             epilog=PLAN_EXAMPLES)
     plan_args(p)
-    p.add_argument("--concurrency", type=COUNT, default=1,
-                   help="full-length sequences the KV cache must hold at once (default: 1)")
+    p.add_argument("--concurrency", type=COUNT,
+                   help="size the load as this many full-length sequences at once (default: the sweep's "
+                        "heaviest point, as submit does)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = add("submit", cmd_submit, "plan, render the batch script, create the experiment directory, submit",
@@ -276,8 +306,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--walltime", type=WALLTIME,
                    help="HH:MM:SS, MM:SS or D-HH[:MM[:SS]] as Slurm reads them (default: the site's); the "
                         "driver stops in time and --resume runs the rest")
-    p.add_argument("--model-path", type=TEXT,
-                   help="local model folder or HF id to load instead of the catalog's (default: the catalog's)")
     p.add_argument("--engine-timeout", type=COUNT, metavar="SECONDS",
                    help="seconds to wait for the engine to be ready (default: the site's, else from the "
                         "model's size)")

@@ -2,11 +2,15 @@
 
 Two levels, both reported:
 - `Arithmetic`: the published-table conventions (the Kempner seed): weights = parameters x bytes in
-  decimal GB; KV cache = 2 x layers x KV heads x head dim x bytes per token, for the context, in GiB;
-  accelerators = ceil(memory / accelerator memory).
-- the layout actually chosen, with real margins: only `gpu_memory_utilization` of each accelerator is
-  the engine's, minus a per-accelerator overhead (activations, CUDA graphs, runtime), and the KV room
-  must hold the requested load (tokens in flight), not just one sequence.
+  decimal GB (the published size when the model has one and is not quantized; else the bytes its shapes
+  and quantization give); KV cache = 2 x layers x KV heads x head dim x bytes per token (MLA: the latent;
+  windowed layers: at most their window), for the context, in GiB; accelerators = ceil(memory / memory).
+- the layout actually chosen, with real sizes and margins: weights as counted from the shapes
+  (hpcbench.model_size), only `gpu_memory_utilization` of each accelerator is the engine's, minus a
+  per-accelerator overhead (activations, CUDA graphs, runtime), and the KV room must hold one full-length
+  sequence with a margin. The sweep's heaviest point (tokens in flight) does not add nodes unless asked
+  (`fit_load`): a load that queues in the engine is what a benchmark of that layout should show, and the
+  plan says so.
 
 Layout rules: tensor parallel (TP) stays within a node and must divide the attention heads, and divide
 or be a multiple of the KV heads (vLLM replicates KV heads when TP exceeds them); pipeline parallel
@@ -24,14 +28,15 @@ from hpcbench.config.errors import UserError
 from hpcbench.config.model import ModelSpec
 from hpcbench.config.site import Site
 from hpcbench.config.values import positive_int
+from hpcbench.engine_config import dtype_width, kv_cache_dtype, kv_width, resolved_dtype
+from hpcbench.model_size import kv_bytes_per_sequence, kv_copies, kv_values_per_token, size
 
 if TYPE_CHECKING:
     from hpcbench.config.sweep import Sweep
 
 GB = 1e9
 GiB = float(2**30)
-DTYPE_BYTES = {"float32": 4, "fp32": 4, "bfloat16": 2, "bf16": 2, "float16": 2, "fp16": 2, "half": 2,
-               "fp8": 1, "float8": 1, "int8": 1, "fp4": 0.5, "nvfp4": 0.5, "int4": 0.5}
+KV_MARGIN = 1.1  # KV room for a full-length sequence and a tenth more: the profile run and block rounding vary
 Mode = Literal["serve", "replicas", "offline"]
 
 # What `plan` and `submit` use when --site / --model are not given.
@@ -43,20 +48,16 @@ class PlanError(UserError):
     """The request cannot be served on this site; the message carries the numbers."""
 
 
-def dtype_bytes(dtype: str) -> float:
-    try:
-        return DTYPE_BYTES[dtype.lower()]
-    except KeyError:
-        raise UserError(f"unknown dtype {dtype!r}; known: {', '.join(DTYPE_BYTES)}") from None
-
-
 @dataclass(frozen=True)
 class Arithmetic:
     """The raw numbers, in the seed table's units (weights in GB, KV in GiB)."""
 
     dtype_bytes: float
+    kv_dtype_bytes: float
+    params_b: float          # counted from the shapes
+    active_params_b: float   # used per token (mixture of experts: the routed experts it is sent to)
     weights_gb: float
-    kv_bytes_per_token: int
+    kv_bytes_per_token: int  # layers with full attention (windowed layers add at most their window)
     context_tokens: int
     kv_cache_gib: float
     accelerator_memory_gib: float
@@ -64,14 +65,17 @@ class Arithmetic:
     accelerators_for_full_context: int
 
 
-def arithmetic(model: ModelSpec, site: Site, context: int, dtype: str) -> Arithmetic:
-    b = dtype_bytes(dtype)
-    weights_gb = model.params_b * 1e9 * b / GB
-    kv_per_token = int(2 * model.layers * model.kv_heads * model.head_dim * b)
-    kv_gib = kv_per_token * context / GiB
+def arithmetic(model: ModelSpec, site: Site, context: int, dtype: str, kv_dtype: str = "auto") -> Arithmetic:
+    b, kvb = dtype_width(dtype), kv_width(kv_dtype, dtype)
+    n = size(model)
+    nominal = model.params_b is not None and not model.quantization
+    weights_gb = model.params_b * 1e9 * b / GB if nominal else n.weight_bytes(model, b) / GB  # type: ignore[operator]
+    kv_per_token = int(kv_values_per_token(model) * (model.layers - model.window_layers) * kvb)
+    kv_gib = kv_bytes_per_sequence(model, context, kvb) / GiB
     mem = site.node.memory_gib
     return Arithmetic(
-        dtype_bytes=b,
+        dtype_bytes=b, kv_dtype_bytes=kvb,
+        params_b=round(n.total / 1e9, 3), active_params_b=round(n.active / 1e9, 3),
         weights_gb=round(weights_gb, 2),
         kv_bytes_per_token=kv_per_token,
         context_tokens=context,
@@ -89,6 +93,7 @@ class Plan:
     model: str
     mode: Mode
     dtype: str
+    kv_cache_dtype: str
     max_model_len: int
     kv_tokens_wanted: int
     tp: int
@@ -97,6 +102,7 @@ class Plan:
     replicas: int
     replicas_per_node: int
     accelerators_per_replica: int
+    expert_parallel: bool
     accelerators_used: int
     accelerators_held: int
     usable_gib_per_accelerator: float
@@ -116,13 +122,13 @@ class Plan:
 
 def valid_tp_sizes(model: ModelSpec, per_node: int) -> list[int]:
     return [t for t in range(1, per_node + 1)
-            if model.heads % t == 0 and (model.kv_heads % t == 0 or t % model.kv_heads == 0)]
+            if model.heads % t == 0 and (model.mla or model.kv_heads % t == 0 or t % model.kv_heads == 0)]
 
 
 def _check_tp(model: ModelSpec, tp: int, per_node: int) -> None:
     if model.heads % tp:
         raise PlanError(f"TP {tp} does not divide the {model.heads} attention heads of {model.name}")
-    if model.kv_heads % tp and tp % model.kv_heads:
+    if not model.mla and model.kv_heads % tp and tp % model.kv_heads:
         raise PlanError(f"TP {tp} neither divides nor is a multiple of the {model.kv_heads} KV heads "
                         f"of {model.name}")
     if tp > per_node:
@@ -139,10 +145,11 @@ class _Fit:
 
 def _fit(model: ModelSpec, site: Site, a: Arithmetic, tp: int, pp: int) -> _Fit:
     usable = site.node.memory_gib * GiB * site.engine.gpu_memory_utilization - site.engine.overhead_gib * GiB
-    weights = a.weights_gb * GB / (tp * pp)
+    weights = size(model).weight_bytes(model, a.dtype_bytes) / (tp * pp)
     kv_room = max(0.0, usable - weights) * tp * pp
-    # Beyond kv_heads, TP replicates KV heads: each token's cache is stored tp/kv_heads times.
-    per_token = a.kv_bytes_per_token * max(1.0, tp / model.kv_heads)
+    # Per token of a full-length sequence (windowed layers cap theirs), times the copies TP keeps.
+    context = a.context_tokens
+    per_token = kv_bytes_per_sequence(model, context, a.kv_dtype_bytes) / context * kv_copies(model, tp)
     return _Fit(usable, weights, kv_room, int(kv_room // per_token))
 
 
@@ -174,33 +181,51 @@ def default_mode(sweep: "Sweep") -> Mode:
     return sweep.mode or "serve"
 
 
-def plan_for(site_name: str, model_name: str, sweep_name: str | None = None, *, max_model_len: int | None = None,
-             mode: Mode | None = None, **kw: Any) -> Plan:
-    """`hpcbench plan`: names resolved, and unless given, the context and mode `submit` would use for the
-    same site and sweep, so a plan shows the layout a job gets."""
-    from hpcbench.config import load_site, load_sweep, resolve_model
+def sweep_load(sweep: "Sweep") -> int:
+    """Tokens in flight at the sweep's heaviest point: its requests at once x their full length."""
+    return max((p.concurrency or 1) * (p.input_len + p.output_len) for p in sweep.points())
 
-    site = load_site(site_name)
-    model = resolve_model(model_name)
-    sweep = load_sweep(sweep_name or default_sweep(site))
-    p = plan(model, site, max_model_len=max_model_len or default_context(sweep), mode=mode or default_mode(sweep),
-             **kw)
+
+def plan_sweep(model: ModelSpec, site: Site, sweep: "Sweep", *, max_model_len: int | None = None,
+               mode: Mode | None = None, concurrency: int | None = None, **kw: Any) -> Plan:
+    """The layout a job running `sweep` gets: `plan --sweep` and `submit --sweep` both call this, so
+    they cannot disagree. Unless given, the context is what the sweep needs and the load its heaviest
+    point (or `concurrency` full-length sequences)."""
+    context = max_model_len or default_context(sweep)
+    load = concurrency * context if concurrency else sweep_load(sweep)
+    p = plan(model, site, max_model_len=context, mode=mode or default_mode(sweep), kv_tokens=load, **kw)
     if not max_model_len:
         p.reasons.insert(0, f"max-model-len {p.max_model_len}: the longest context sweep {sweep.name} needs "
-                            "(as submit would use; --max-model-len to change)")
+                            "(--max-model-len to change)")
     return p
 
 
+def plan_for(site_name: str, model_name: str, sweep_name: str | None = None, *, model_path: str | None = None,
+             **kw: Any) -> Plan:
+    """`hpcbench plan`: names resolved, then the plan `submit` would make for the same site and sweep."""
+    from hpcbench.config import load_site, load_sweep
+    from hpcbench.config.model import find_model
+
+    site = load_site(site_name)
+    model, _ = find_model(model_name, site, model_path)
+    return plan_sweep(model, site, load_sweep(sweep_name or default_sweep(site)), **kw)
+
+
 def plan(model: ModelSpec, site: Site, *, max_model_len: int, dtype: str | None = None,
-         mode: Mode = "serve", nodes: int | None = None, tp: int | None = None,
-         kv_tokens: int | None = None, concurrency: int = 1) -> Plan:
+         kv_cache: str | None = None, mode: Mode = "serve", nodes: int | None = None, tp: int | None = None,
+         kv_tokens: int | None = None, concurrency: int = 1, fit_load: bool = False) -> Plan:
     """Choose TP, PP, nodes and replicas for an engine of max_model_len tokens of context. kv_tokens:
-    tokens in flight the layout must hold (default: concurrency full-length sequences)."""
+    tokens in flight the load puts in the engine (default: concurrency full-length sequences); the
+    layout holds them only with fit_load, else a load beyond the KV room is reported as queueing."""
     _whole("--max-model-len", max_model_len)
     for flag, value in (("--concurrency", concurrency), ("--nodes", nodes), ("--tp", tp), ("kv_tokens", kv_tokens)):
         if value is not None:
             _whole(flag, value)
-    dtype = dtype or site.engine.dtype
+    dtype = resolved_dtype(dtype or site.engine.dtype, model)
+    try:
+        kv_dtype = kv_cache_dtype(kv_cache or site.engine.kv_cache_dtype, "--kv-cache-dtype")
+    except ValueError as exc:
+        raise PlanError(str(exc)) from None
     context = max_model_len
     if context > model.max_context:
         raise PlanError(f"max-model-len {context} exceeds {model.name}'s context of {model.max_context} tokens")
@@ -208,8 +233,10 @@ def plan(model: ModelSpec, site: Site, *, max_model_len: int, dtype: str | None 
     limit = site.scheduler.max_nodes
     if nodes is not None and nodes > limit:
         raise PlanError(f"{nodes} nodes requested, but site {site.name} allows at most {limit} per job")
-    a = arithmetic(model, site, context, dtype)
-    wanted = max(context, kv_tokens if kv_tokens is not None else concurrency * context)
+    a = arithmetic(model, site, context, dtype, kv_dtype)
+    load = max(context, kv_tokens if kv_tokens is not None else concurrency * context)
+    need = math.ceil(context * KV_MARGIN)  # what every layout must hold
+    wanted = max(need, load) if fit_load else need
     reasons: list[str] = []
     warnings: list[str] = []
 
@@ -222,21 +249,30 @@ def plan(model: ModelSpec, site: Site, *, max_model_len: int, dtype: str | None 
 
     def build(t: int, p: int, n: int, reps_per_node: int, f: _Fit) -> Plan:
         used = t * p * reps_per_node * (n if mode == "replicas" else 1)
-        if mode == "replicas":
-            replicas = reps_per_node * n
-        else:
-            replicas = 1
+        replicas = reps_per_node * n if mode == "replicas" else 1
         # Ray only where the engine spans nodes; a replica's workers stay on its node, and under the
         # job-wide Ray cluster they could be placed on another replica's GPUs.
         backend = "ray" if p > 1 else ("mp" if mode == "replicas" else site.engine.backend)
         if p > 1 and site.node.accelerator == "cpu":
             raise PlanError("pipeline parallel across nodes needs the Ray executor, which vLLM's CPU "
                             "platform refuses; on CPU sites use --mode replicas for several nodes")
+        # Experts whole on each rank (each rank holds experts/ranks of them) instead of every expert cut
+        # TP ways: fewer, larger expert matmuls and no all-reduce inside each expert.
+        ep = bool(model.experts) and t * p > 1 and model.experts % t == 0
+        if ep:
+            reasons.append(f"expert parallel: the {model.experts} experts are spread whole over the {t} TP "
+                           f"ranks ({model.experts // t} each) rather than each split {t} ways")
+        share = math.ceil(load / replicas)
+        if f.kv_tokens < share:
+            warnings.append(f"the heaviest load needs {share} tokens of KV cache per replica, the layout holds "
+                            f"{f.kv_tokens}: the engine will queue requests (that is what this layout "
+                            "serves; --fit-load adds nodes or TP for it)")
         return Plan(
-            site=site.name, model=model.name, mode=mode, dtype=dtype, max_model_len=context,
-            kv_tokens_wanted=wanted, tp=t, pp=p, nodes=n, replicas=replicas,
+            site=site.name, model=model.name, mode=mode, dtype=dtype, kv_cache_dtype=kv_dtype,
+            max_model_len=context, kv_tokens_wanted=load, tp=t, pp=p, nodes=n, replicas=replicas,
             replicas_per_node=reps_per_node if mode == "replicas" else 1,
-            accelerators_per_replica=t * p, accelerators_used=used, accelerators_held=n * per_node,
+            accelerators_per_replica=t * p, expert_parallel=ep, accelerators_used=used,
+            accelerators_held=n * per_node,
             usable_gib_per_accelerator=round(f.usable / GiB, 2),
             weights_gib_per_accelerator=round(f.weights / GiB, 2),
             kv_room_gib_per_replica=round(f.kv_room / GiB, 2), kv_tokens_per_replica=f.kv_tokens,
@@ -248,16 +284,13 @@ def plan(model: ModelSpec, site: Site, *, max_model_len: int, dtype: str | None 
         n = nodes or 1
         for t in tps:
             f = _fit(model, site, a, t, 1)
-            if f.kv_tokens >= context:
-                reps = per_node // t
-                share = math.ceil(wanted / (reps * n))
-                if f.kv_tokens < share:
-                    if t != tps[-1]:
-                        continue  # a larger TP gives each replica more room
-                    warnings.append(f"KV room holds {f.kv_tokens} tokens per replica; the load needs "
-                                    f"{share}: the engine will queue requests")
-                reasons.append(f"TP {t}: the smallest TP whose replica holds the weights and its share "
-                               f"of the load ({share} tokens); {reps} replica(s) per node x {n} node(s)")
+            reps = per_node // t
+            share = math.ceil(wanted / (reps * n))
+            if f.kv_tokens >= max(need, share):
+                reasons.append(f"TP {t}: the smallest TP whose replica holds the weights and "
+                               + (f"its share of the load ({share} tokens)" if fit_load else
+                                  f"a full-length sequence with a margin ({need} tokens)")
+                               + f"; {reps} replica(s) per node x {n} node(s)")
                 reasons.append("PP 1: a replica stays within one node")
                 return build(t, 1, n, reps, f)
         raise PlanError(_no_fit(model, site, a, context, "one node (a replica must fit in one node; "
@@ -276,16 +309,18 @@ def plan(model: ModelSpec, site: Site, *, max_model_len: int, dtype: str | None 
             if tp is None:
                 reasons.append(f"TP {t}: the largest TP within a node that divides {model.heads} "
                                f"heads / {model.kv_heads} KV heads")
-            reasons.append(f"PP {n}: " + ("one node holds the weights and the load" if n == 1 else
+            held = f"{wanted} tokens of KV cache" + (" (the load)" if fit_load and wanted > need else
+                                                       " (a full-length sequence with a margin)")
+            reasons.append(f"PP {n}: " + ("one node holds the weights and " + held if n == 1 else
                            f"one stage per node; {n} nodes are the fewest that hold "
-                           f"{a.weights_gb:g} GB of weights and {wanted} tokens of KV cache"))
+                           f"{a.weights_gb:g} GB of weights and {held}"))
             return build(t, n, n, 1, f)
         if best_fallback is None:
             best_fallback = (t, n, n, f)
     if best_fallback is not None:
         t, p, n, f = best_fallback
-        warnings.append(f"KV room holds {f.kv_tokens} tokens; the requested load needs {wanted}: the "
-                        f"engine will queue requests (more nodes would help, the site allows {limit})")
+        warnings.append(f"KV room holds {f.kv_tokens} tokens, less than the {wanted} wanted "
+                        f"(more nodes would help, the site allows {limit})")
         reasons.append(f"TP {t}: the largest TP within a node dividing the heads")
         reasons.append(f"PP {p}: the fewest nodes that hold the weights and one full sequence")
         return build(t, p, n, 1, f)

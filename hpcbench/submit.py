@@ -12,7 +12,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from hpcbench.config import load_site, load_sweep, resolve_model
+from hpcbench.config import load_site, load_sweep
+from hpcbench.config.model import find_model
 from hpcbench.config.errors import UserError
 from hpcbench.config.job import Job, resolve_job
 from hpcbench.experiment import CONFIG, JOB_SCRIPT, SUBMIT, Experiment, atomic_write, default_root, utc_now, write_json
@@ -50,15 +51,16 @@ def submit(args: argparse.Namespace) -> int:
     if args.resume:
         return resume(Path(args.resume), args)
     site = load_site(args.site or DEFAULT_SITE)
-    model = resolve_model(args.model or DEFAULT_MODEL)
+    model, model_path = find_model(args.model or DEFAULT_MODEL, site, args.model_path)
     sweep = load_sweep(args.sweep or default_sweep(site))
     root = args.root or default_root()
     _check_root(root)
     exp = Experiment.allocate(root, site.name, model.name)
     job = resolve_job(site=site, model=model, sweep=sweep, experiment=exp.path, mode=args.mode,
                       nodes=args.nodes, tp=args.tp, max_model_len=args.max_model_len,
-                      dtype=args.dtype, account=args.account, queue=args.queue, walltime=args.walltime,
-                      model_path=args.model_path, engine_timeout_s=args.engine_timeout)
+                      dtype=args.dtype, kv_cache_dtype=args.kv_cache_dtype, fit_load=args.fit_load,
+                      account=args.account, queue=args.queue, walltime=args.walltime,
+                      model_path=model_path, engine_timeout_s=args.engine_timeout)
     script = render_job(job)
     warnings = job_warnings(job)
     if args.dry_run:
@@ -111,7 +113,8 @@ def _remove(folders: list[Path]) -> None:
 def resume(path: Path, args: argparse.Namespace) -> int:
     """Submit an experiment's own job.sh again: the sweep skips the points already in points.csv."""
     ignored = [f"--{name.replace('_', '-')}" for name in ("site", "model", "sweep", "mode", "nodes", "tp", "max_model_len",
-               "dtype", "account", "queue", "walltime", "model_path", "engine_timeout", "root")
+               "dtype", "kv_cache_dtype", "fit_load", "account", "queue", "walltime", "model_path",
+               "engine_timeout", "root")
                if getattr(args, name, None) not in (None, False)]
     if ignored:
         raise UserError(f"--resume re-submits the experiment's own job.sh and config.yaml unchanged, so "

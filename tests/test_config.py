@@ -303,7 +303,7 @@ def test_unsafe_sweep_and_scenario_names_are_refused(tmp_path):
 
 
 MODEL = ("models:\n  - {name: m, hf_id: org/m, aliases: [mm], params_b: 1, layers: 2, hidden: 8, heads: 4, kv_heads: 2,"
-         " head_dim: 2, vocab: 10, max_context: 64}\n")
+         " head_dim: 2, vocab: 10, max_context: 64, intermediate: 16}\n")
 
 
 @pytest.mark.parametrize("text, key, expected", [
@@ -314,6 +314,11 @@ MODEL = ("models:\n  - {name: m, hf_id: org/m, aliases: [mm], params_b: 1, layer
     (MODEL + "other: 1\n", "other", "unknown key (expected one of: models)"),
     (MODEL.replace("name: m", "name: 'm/../x'"), "models.0.name", "model name must be letters"),
     (MODEL.replace("kv_heads: 2", "kv_heads: 3"), "models.0.kv_heads", "heads (4) must be a multiple of kv_heads (3)"),
+    (MODEL.replace(", intermediate: 16", ""), "models.0.intermediate", "the FFN width of the dense layers is needed"),
+    (MODEL.replace("layers: 2", "layers: 2, experts: 4, experts_per_token: 5, expert_intermediate: 8, moe_layers: 2"),
+     "models.0.experts_per_token", "must be 1 to experts (4)"),
+    (MODEL.replace("layers: 2", "layers: 2, sliding_window: 8"), "models.0.sliding_window",
+     "sliding_window and window_layers go together"),
     (MODEL + MODEL.split("\n", 1)[1].replace("name: m", "name: n").replace("org/m", "org/n"), "models.1.aliases.0",
      "'mm' already names model 'm'"),
 ])

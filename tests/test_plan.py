@@ -48,18 +48,24 @@ def test_replicas_use_smallest_tp_that_fits():
     assert (p.tp, p.replicas_per_node, p.replicas) == (2, 2, 4)
 
 
-def test_concurrency_needs_more_room_than_one_sequence():
+def test_a_heavier_load_queues_unless_the_layout_is_asked_to_fit_it():
     site = load_site("slurm-h100")
     one = plan(resolve_model("405b"), site, max_model_len=128000)
     many = plan(resolve_model("405b"), site, max_model_len=128000, concurrency=3)
-    assert many.nodes > one.nodes
+    assert (many.tp, many.pp, many.nodes) == (one.tp, one.pp, one.nodes)  # the layout does not follow the load
+    assert not one.warnings
+    [warning] = many.warnings
+    assert f"needs {3 * 128000} tokens of KV cache per replica" in warning and "will queue" in warning
+    fitted = plan(resolve_model("405b"), site, max_model_len=128000, concurrency=3, fit_load=True)
+    assert fitted.nodes > one.nodes and fitted.kv_tokens_per_replica >= 3 * 128000 and not fitted.warnings
 
 
 @pytest.mark.parametrize("args, message", [
     (["--model", "405b", "--site", "polaris", "--nodes", "2"], "does not fit on 2 node(s)"),
     (["--model", "70b", "--site", "slurm-h100", "--nodes", "9"], "allows at most 4"),
     (["--model", "tiny", "--site", "local", "--max-model-len", "99999"], "exceeds tiny's context"),
-    (["--model", "nosuch"], "unknown model 'nosuch'; known models:"),
+    (["--model", "nosuch"], "unknown model 'nosuch': not a folder with a config.json"),
+    (["--model", "nosuch"], "; known models: llama-3.1-8b-instruct (8b)"),
     (["--site", "nosuch"], "unknown site 'nosuch'; known sites:"),
 ])
 def test_impossible_requests_refused_with_numbers(args, message):

@@ -17,22 +17,16 @@ from hpcbench.bench.rows import (Deadline, SweepResult, append_requests, append_
                                  provenance, run_points)
 from hpcbench.config.job import Job
 from hpcbench.config.sweep import SweepPoint
+from hpcbench.engine_config import offline_kwargs
 from hpcbench.experiment import Experiment, utc_now
 
 
 def make_llm(job: Job) -> Any:
+    """vllm.LLM with the job's engine settings: its engine command line read by vLLM's own parser
+    (hpcbench.engine_config), so offline and served runs of one plan are configured alike."""
     from vllm import LLM
 
-    p, site = job.plan, job.site
-    # The same settings the server command gets (hpcbench.config.job.engine_args).
-    extra: dict[str, Any] = {}
-    if p.tp * p.pp > 1:
-        extra["distributed_executor_backend"] = p.backend
-    if site.node.accelerator != "cpu":  # on CPU the KV cache size comes from VLLM_CPU_KVCACHE_SPACE
-        extra["gpu_memory_utilization"] = site.engine.gpu_memory_utilization
-    return LLM(model=job.model_path, tensor_parallel_size=p.tp, pipeline_parallel_size=p.pp,
-               max_model_len=p.max_model_len, dtype=p.dtype, trust_remote_code=site.engine.trust_remote_code,
-               **extra)
+    return LLM(**offline_kwargs(job.engine_args))
 
 
 def _generate(llm: Any, batch: list[list[int]], output_len: int) -> tuple[list[Any], float]:

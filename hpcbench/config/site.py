@@ -164,7 +164,8 @@ class RaySettings(Strict, kw_only=True):
 
 class EngineSettings(Strict, kw_only=True):
     name: Literal["vllm"] = "vllm"
-    dtype: str = "bfloat16"
+    dtype: str = "bfloat16"  # vLLM's --dtype: auto (the checkpoint's), bfloat16, float16, float32
+    kv_cache_dtype: str = "auto"  # vLLM's --kv-cache-dtype: auto (as dtype), fp8, ...
     backend: Literal["ray", "mp", "uni"] = "ray"  # distributed executor for TP/PP
     gpu_memory_utilization: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.9
     # Activations, CUDA graphs, runtime: GiB per accelerator.
@@ -176,7 +177,10 @@ class EngineSettings(Strict, kw_only=True):
     trust_remote_code: bool = False
 
     def __post_init__(self) -> None:
-        check("dtype", non_empty, self.dtype, "dtype")
+        from hpcbench.engine_config import engine_dtype, kv_cache_dtype
+
+        check("dtype", engine_dtype, self.dtype, "dtype")
+        check("kv_cache_dtype", kv_cache_dtype, self.kv_cache_dtype, "kv_cache_dtype")
         for name in self.env:
             check("env", env_name, name)
 
