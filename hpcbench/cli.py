@@ -214,7 +214,6 @@ examples:
   hpcbench plan --site slurm-h100 --model 70b --max-model-len 128000
   hpcbench plan --site aurora --model 405b --json
   hpcbench plan --site slurm-h100 --model 70b --mode replicas --nodes 2 --max-model-len 8192
-
   hpcbench plan --site slurm-h100 --model ./Qwen2.5-72B-Instruct     # a folder with a config.json
   hpcbench plan --site slurm-h100 --model 70b --sweep nvidia-usecases --fit-load
 
