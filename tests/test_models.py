@@ -272,3 +272,16 @@ def test_offline_runs_keep_the_sites_extra_args():
     kwargs = offline_kwargs(["--model", "m", "--tensor-parallel-size", "2", "--enforce-eager",
                              "--max-num-seqs", "7", "--host", "0.0.0.0"])
     assert kwargs == {"model": "m", "tensor_parallel_size": 2, "enforce_eager": True, "max_num_seqs": 7}
+
+
+@pytest.mark.parametrize("change", [{"num_hidden_layers": "x"}, {"num_attention_heads": 0},
+                                    {"quantization_config": {"quant_method": "awq", "bits": "four"}},
+                                    {"hidden_size": [64]}])
+def test_fields_of_the_wrong_kind_are_one_message(tmp_path, change):
+    good = {"num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 4, "vocab_size": 10,
+            "max_position_embeddings": 4096, "intermediate_size": 10}
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text(json.dumps({**good, **change}))
+    out = run_cli("plan", "--site", "slurm-h100", "--model", str(tmp_path / "m"), "--max-model-len", "1024")
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert "config.json" in out.stderr

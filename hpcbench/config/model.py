@@ -198,7 +198,11 @@ def from_config(config: Path, name: str, hf_id: str) -> ModelSpec:
     """A model spec from the config.json of its weights."""
     from hpcbench.config.hf_config import read_config, spec_fields
 
-    fields = spec_fields(read_config(config), config)
+    try:
+        fields = spec_fields(read_config(config), config)
+    except (TypeError, ValueError, ZeroDivisionError, AttributeError) as exc:
+        # a field of the wrong kind (a string, a list, a zero): the shapes cannot be read
+        raise ConfigError(config, "", f"cannot read the architecture from config.json: {exc}") from None
     safe = "".join(c if c.isalnum() or c in "._+-" else "-" for c in name).strip("-.") or "model"
     try:
         return msgspec.convert({"name": safe, "hf_id": hf_id, **fields}, ModelSpec)
