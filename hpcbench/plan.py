@@ -264,9 +264,10 @@ def plan(model: ModelSpec, site: Site, *, max_model_len: int, dtype: str | None 
                            f"ranks ({model.experts // t} each) rather than each split {t} ways")
         share = math.ceil(load / replicas)
         if f.kv_tokens < share:
+            why = (f"even the largest layout tried; the site allows {limit} node(s)" if fit_load else
+                   "that is what this layout serves; --fit-load adds nodes or TP for it")
             warnings.append(f"the heaviest load needs {share} tokens of KV cache per replica, the layout holds "
-                            f"{f.kv_tokens}: the engine will queue requests (that is what this layout "
-                            "serves; --fit-load adds nodes or TP for it)")
+                            f"{f.kv_tokens}: the engine will queue requests ({why})")
         return Plan(
             site=site.name, model=model.name, mode=mode, dtype=dtype, kv_cache_dtype=kv_dtype,
             max_model_len=context, kv_tokens_wanted=load, tp=t, pp=p, nodes=n, replicas=replicas,
@@ -319,8 +320,10 @@ def plan(model: ModelSpec, site: Site, *, max_model_len: int, dtype: str | None 
             best_fallback = (t, n, n, f)
     if best_fallback is not None:
         t, p, n, f = best_fallback
-        warnings.append(f"KV room holds {f.kv_tokens} tokens, less than the {wanted} wanted "
-                        f"(more nodes would help, the site allows {limit})")
+        if f.kv_tokens < need:  # a load beyond the room is build()'s warning
+            warnings.append(f"KV room holds {f.kv_tokens} tokens, less than a full-length sequence and its "
+                            f"margin ({need}): little room for the engine's own estimate (more nodes would "
+                            f"help, the site allows {limit})")
         reasons.append(f"TP {t}: the largest TP within a node dividing the heads")
         reasons.append(f"PP {p}: the fewest nodes that hold the weights and one full sequence")
         return build(t, p, n, 1, f)

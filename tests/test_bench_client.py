@@ -165,7 +165,7 @@ def test_failures_are_counted_not_raised(endpoints: list[Endpoint]) -> None:
     t0 = time.monotonic()
     out = client.run(client.run_requests([endpoints[0].url], "/v1/completions", _reqs("slow", 2),
                                          concurrency=2, timeout_s=0.5))
-    assert time.monotonic() - t0 < 5
+    assert time.monotonic() - t0 < 20  # the server answers after 30 s: the client's 0.5 s timeout cut it
     assert all(r.error and "timeout" in r.error for r in out.results)
 
 
@@ -209,7 +209,7 @@ def test_stop_event_cancels_in_flight_requests(endpoints: list[Endpoint]) -> Non
     t0 = time.monotonic()
     out = client.run(client.run_requests([endpoints[0].url], "/v1/completions", _reqs("slow", 4), concurrency=2,
                                          stop=stop))
-    assert out.stopped and time.monotonic() - t0 < 5
+    assert out.stopped and time.monotonic() - t0 < 20  # not the server's 30 s
 
 
 def test_balancer_prefers_idle_endpoint() -> None:

@@ -15,7 +15,7 @@ import pytest
 
 from fixtures.vllm import vllm_server
 from hpcbench.bench import run_sweep
-from hpcbench.bench.rows import Deadline, PointFailed, append_requests, append_row, done_points
+from hpcbench.bench.rows import Deadline, PointClock, PointFailed, append_requests, append_row, done_points
 from hpcbench.config import load_site, load_sweep, resolve_model
 from hpcbench.config.job import Job, resolve_job
 from hpcbench.config.sweep import Scenario, Sweep
@@ -218,16 +218,37 @@ def test_deadline_refuses_a_point_that_cannot_finish(server: str, tiny_model: Pa
 
 
 def test_deadline_alarm_aborts_the_running_point(server: str, tiny_model: Path, tmp_path: Path) -> None:
-    # No estimate before the first point: it starts, and the alarm stops it unwritten (as the driver does).
+    # The alarm goes off while the point runs (armed once its phase says so, however long the set-up
+    # took on a busy machine): the point stops unwritten, as the driver does at the walltime.
     job, exp = make_job(tmp_path, tiny_model, Sweep(name="one", scenarios=[TWO_POINTS.scenarios[1]]))
     stop = threading.Event()
-    deadline = Deadline(time.time() + 3)
-    timer = deadline.alarm(stop.set)
+    timers: list[threading.Timer] = []
+
+    def arm_when_running() -> None:
+        while not stop.is_set() and exp.phase().get("detail") != "huge_in512_out256_c1_n1000":
+            time.sleep(0.05)
+        timers.append(Deadline(time.time() + 2).alarm(stop.set))
+
+    watcher = threading.Thread(target=arm_when_running, daemon=True)
+    watcher.start()
     t0 = time.monotonic()
     try:
-        result = run_sweep(job, exp, [server], stop=stop, deadline=deadline)
+        result = run_sweep(job, exp, [server], stop=stop, deadline=Deadline(time.time() + 3600))
     finally:
-        timer.cancel()
-    assert time.monotonic() - t0 < 15
+        stop.set()
+        watcher.join(10)
+        for timer in timers:
+            timer.cancel()
+    assert time.monotonic() - t0 < 300  # the point itself would take many minutes
     assert result.stopped and result.stopped_at == "huge_in512_out256_c1_n1000" and result.ran == []
     assert not exp.points_csv.exists() and not exp.requests_jsonl.exists()
+
+
+def test_the_first_point_starts_without_an_estimate_and_later_ones_need_one() -> None:
+    first, second = TWO_POINTS.points()
+    clock = PointClock(Deadline(time.time() + 3))
+    assert clock.refuse(first) == ""  # no estimate yet: it starts, the alarm guards it
+    clock.ran(first, 2.0)
+    assert clock.refuse(second).startswith(f"stopped before point {second.point_id} (needs ~")
+    assert PointClock(Deadline(time.time() - 1)).refuse(first).endswith("(0 s left)")
+    assert PointClock(None).refuse(second) == ""

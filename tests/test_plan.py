@@ -58,6 +58,9 @@ def test_a_heavier_load_queues_unless_the_layout_is_asked_to_fit_it():
     assert f"needs {3 * 128000} tokens of KV cache per replica" in warning and "will queue" in warning
     fitted = plan(resolve_model("405b"), site, max_model_len=128000, concurrency=3, fit_load=True)
     assert fitted.nodes > one.nodes and fitted.kv_tokens_per_replica >= 3 * 128000 and not fitted.warnings
+    # A load no layout of the site holds: one warning, which does not suggest the flag already given.
+    [warning] = plan(resolve_model("405b"), site, max_model_len=128000, concurrency=40, fit_load=True).warnings
+    assert "will queue" in warning and "--fit-load" not in warning and "largest layout tried" in warning
 
 
 @pytest.mark.parametrize("args, message", [

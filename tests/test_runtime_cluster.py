@@ -86,7 +86,7 @@ def test_two_node_cluster(ray_daemons: RayDaemons) -> None:
                          every_s=2)
     assert "missing: node-b" in str(err.value)
     assert "node-a" not in str(err.value).split("missing:")[1]
-    assert time.monotonic() - t0 < 40  # bounded by the timeout, not a hang
+    assert time.monotonic() - t0 < 90  # bounded by the timeout, not a hang
     assert any("1 of 2" in ln for ln in lines), lines
 
     ray_daemons.start("node-b", head=False)

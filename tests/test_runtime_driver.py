@@ -173,11 +173,11 @@ def test_server_killed_mid_sweep_fails_and_keeps_results(tmp_path: Path, tiny_mo
         [pg] = server_pgids(exp)
         os.killpg(pg, signal.SIGKILL)
         t0 = time.monotonic()
-        driver.wait(60)
+        driver.wait(120)
     finally:
         if driver.poll() is None:
             os.killpg(driver.pid, signal.SIGKILL)
-    assert time.monotonic() - t0 < 15
+    assert time.monotonic() - t0 < 60  # at once: the slow point alone is minutes of work
     assert driver.returncode == 1
     phase = Experiment(exp).phase()
     assert phase["phase"] == "failed"

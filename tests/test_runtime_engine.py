@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import threading
 import time
@@ -79,7 +80,7 @@ def test_crash_while_loading_is_reported_at_once_with_the_log(tmp_path: Path) ->
     finally:
         stop_servers(servers)
     watcher.join(10)
-    assert exited and raised - exited[0] < 5, "a crashed server must be reported within 5 s"
+    assert exited and raised - exited[0] < 30, "a crashed server is reported at once, not at the 600 s timeout"
     text = str(err.value)
     assert "exited with code" in text and "last lines of" in text
     assert "no-such-model" in text  # the tail of the log names the cause
@@ -88,7 +89,7 @@ def test_crash_while_loading_is_reported_at_once_with_the_log(tmp_path: Path) ->
 def test_timeout_names_the_server(tmp_path: Path) -> None:
     """A process that never answers HTTP: the timeout (not a hang) names it."""
     port = free_port()
-    argv = [sys.executable, "-c", "import time; print('still loading', flush=True); time.sleep(60)"]
+    argv = [sys.executable, "-c", "import time; print('still loading', flush=True); time.sleep(600)"]
     servers = launch([ServerSpec("engine-7", "local", "127.0.0.1", port, argv, argv, {})], tmp_path / "logs")
     t0 = time.monotonic()
     try:
@@ -96,9 +97,9 @@ def test_timeout_names_the_server(tmp_path: Path) -> None:
             wait_ready(servers, timeout_s=3, progress=None)
     finally:
         stop_servers(servers)
-    assert time.monotonic() - t0 < 10
+    assert time.monotonic() - t0 < 120  # bounded by the timeout, not the process's 600 s
     assert "still loading" in str(err.value)
-    assert servers[0].proc.poll() is not None
+    assert servers[0].proc.returncode == -signal.SIGTERM  # stopped, not waited for
 
 
 def test_stop_returns_once_the_whole_group_is_gone(tmp_path: Path) -> None:

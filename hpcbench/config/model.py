@@ -150,9 +150,10 @@ def load_models(path: Path | None = None) -> list[ModelSpec]:
 
 def resolve_model(name: str, models: list[ModelSpec] | None = None) -> ModelSpec:
     """A catalog entry by name, alias or Hugging Face id (case-insensitive)."""
-    found = _catalog_entry(name, models if models is not None else load_models())
+    models = models if models is not None else load_models()
+    found = _catalog_entry(name, models)
     if found is None:
-        raise ConfigError(None, "--model", _unknown(name, models if models is not None else load_models()))
+        raise ConfigError(None, "--model", _unknown(name, models))
     return found
 
 
@@ -186,8 +187,10 @@ def _cached_config(hf_id: str, site: "Site | None") -> Path | None:
     if site.hf_home:
         repo = _expand(site.hf_home) / "hub" / f"models--{hf_id.replace('/', '--')}"
         ref = repo / "refs" / "main"
-        if ref.is_file() and (repo / "snapshots" / ref.read_text().strip() / "config.json").is_file():
-            return repo / "snapshots" / ref.read_text().strip() / "config.json"
+        if ref.is_file():
+            pinned = repo / "snapshots" / ref.read_text().strip() / "config.json"
+            if pinned.is_file():
+                return pinned
         snapshots = sorted(repo.glob("snapshots/*/config.json"), key=lambda p: p.stat().st_mtime)
         if snapshots:
             return snapshots[-1]
