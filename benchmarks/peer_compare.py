@@ -62,12 +62,14 @@ def peer_job(model_dir: Path, root: Path, wl: Workload, name: str) -> tuple[Any,
     return job, exp
 
 
-def measured_prompts(job: Any) -> list[list[int]]:
-    """The token-id prompts hpcbench sends for the job's only point, in order."""
+def measured_prompts(job: Any, exp: Any) -> list[list[int]]:
+    """Token-id prompts as hpcbench makes them for a run of the job's only point starting now, in order."""
     from hpcbench.bench.sweep import build_requests
+    from hpcbench.experiment import utc_now
 
     [point] = job.sweep.points()
-    return [json.loads(r.body)["prompt"] for r in build_requests(job, point, "peer", "measured", point.num_requests)]
+    reqs = build_requests(job, exp, point, utc_now(), "peer", "measured", point.num_requests)
+    return [json.loads(r.body)["prompt"] for r in reqs]
 
 
 def run_hpcbench(url: str, job: Any, exp: Any) -> dict[str, str]:
@@ -126,8 +128,8 @@ def pinned_server(model_dir: Path) -> Iterator[str]:
 
 def one_round(url: str, model_dir: Path, wl: Workload, tmp: Path, label: str) -> dict[str, dict[str, float]]:
     """vLLM's client, then hpcbench's, each with fresh prompts; the figures of both."""
-    v_job, _ = peer_job(model_dir, tmp / f"{label}-vllm-prompts", wl, f"peer-{label}-vllm")
-    vllm = vllm_figures(run_vllm(url, model_dir, measured_prompts(v_job), wl, tmp / f"{label}-vllm"))
+    v_job, v_exp = peer_job(model_dir, tmp / f"{label}-vllm-prompts", wl, f"peer-{label}-vllm")
+    vllm = vllm_figures(run_vllm(url, model_dir, measured_prompts(v_job, v_exp), wl, tmp / f"{label}-vllm"))
     h_job, h_exp = peer_job(model_dir, tmp / f"{label}-hpcbench", wl, f"peer-{label}-hpcbench")
     row = run_hpcbench(url, h_job, h_exp)
     return {"vllm": vllm, "hpcbench": {k: float(row[k]) for k in COUNTS + FIGURES}}

@@ -62,6 +62,7 @@ METRIC_COLUMNS: tuple[str, ...] = (
     "prompt_len_mismatches",       # requests whose usage.prompt_tokens != input_len
     "output_len_mismatches",       # requests whose output token count != output_len
     "achieved_request_rate",       # open loop: what the client really sent
+    "merged_stream_requests",      # streamed requests with fewer token events than tokens: ITL/TPOT unreliable
 )
 
 POINT_COLUMNS: tuple[str, ...] = PROVENANCE_COLUMNS + METRIC_COLUMNS

@@ -85,3 +85,23 @@ def test_all_failed_point_has_zero_throughput() -> None:
     assert row["output_throughput"] == 0 and row["ttft_ms_mean"] is None
     assert summary_ms([]) == {"mean": None, "median": None, "p90": None, "p99": None}
     assert not math.isnan(row["request_throughput"])
+
+
+def test_an_output_that_came_at_once_has_no_tpot_and_merged_streams_are_counted() -> None:
+    # 1: eight tokens, eight events (ITL per token). 2: eight tokens in three events (merged).
+    # 3: eight tokens in one event: latency == TTFT, nothing after the first token was timed.
+    timed = Sample(True, 16, 8, ttft=0.1, latency=0.8, itl=[0.1] * 7, token_events=8)
+    merged = Sample(True, 16, 8, ttft=0.1, latency=0.5, itl=[0.2, 0.2], token_events=3)
+    at_once = Sample(True, 16, 8, ttft=0.3, latency=0.3, itl=[], token_events=1)
+    not_streamed = Sample(True, 16, 8, latency=0.9)
+    assert tpot(at_once) is None and tpot(merged) == pytest.approx(0.4 / 7)
+    row = point_metrics([timed, merged, at_once, not_streamed], 1.0, 1, input_len=16, output_len=8,
+                        slo={"tpot_ms": 1000.0})
+    assert row["merged_stream_requests"] == 2
+    assert row["tpot_ms_mean"] == pytest.approx((100 + 400 / 7) / 2)  # the two timed ones, no 0 among them
+    assert row["goodput"] == 2.0  # an untimed TPOT cannot meet the target
+    alone = point_metrics([at_once], 1.0, 1, input_len=16, output_len=8)
+    assert alone["tpot_ms_mean"] is None and alone["per_user_output_speed"] is None
+    assert alone["merged_stream_requests"] == 1
+    one_token = Sample(True, 16, 1, ttft=0.1, latency=0.1, token_events=1)
+    assert goodput_count([one_token], None, 50.0, None) == 1  # one-token outputs count as TPOT 0 (vLLM)

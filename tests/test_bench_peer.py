@@ -48,10 +48,11 @@ def server(tiny_model: Path) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def runs(server: str, tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """Both clients, one after the other, sending the same prompts to the same server."""
+    """Both clients, one after the other, to the same server, with prompts made the same way (each run
+    its own: the second must not find the first's prompts in the prefix cache)."""
     tmp = tmp_path_factory.mktemp("peer")
     job, exp = peer.peer_job(tiny_model, tmp / "hpcbench", WORKLOAD, "peer")
-    prompts = peer.measured_prompts(job)
+    prompts = peer.measured_prompts(job, exp)
     vllm = peer.run_vllm(server, tiny_model, prompts, WORKLOAD, tmp / "vllm")
     row = peer.run_hpcbench(server, job, exp)
     records = [json.loads(line) for line in exp.requests_jsonl.read_text().splitlines()]

@@ -82,6 +82,42 @@ def test_fom_is_the_exact_sum_of_the_best_points_and_incomplete_when_a_part_is_m
     assert part["status"] == "incomplete: missing FOM2"
 
 
+def test_fom_never_combines_points_of_another_sweep_mode_or_layout(tmp_path: Path) -> None:
+    # One site, one model: a complete aurora-fom run (serve, TP8), a smoke run in replicas mode whose
+    # points carry FOM tags and beat it, and an aurora-fom run on another vLLM version missing FOM3.
+    fom, smoke, newer = "20250101T000000Z-aaaaaa", "20250102T000000Z-bbbbbb", "20250103T000000Z-cccccc"
+    exp(tmp_path, "aurora", fom, [point_row(fom, "aurora", MODEL, s, f, 8, v, gpus=8) for s, f, v in
+                                  (("fom1", "FOM1", 100.0), ("fom2", "FOM2", 20.0), ("fom3", "FOM3", 3.0))])
+    exp(tmp_path, "aurora", smoke, [point_row(smoke, "aurora", MODEL, "chat", f, c, 9000.0, gpus=8, sweep="smoke",
+                                              mode="replicas", tp=1, replicas=8)
+                                    for f, c in (("FOM1", 8), ("FOM2", 16))])
+    exp(tmp_path, "aurora", newer, [point_row(newer, "aurora", MODEL, s, f, 8, 500.0, gpus=8,
+                                              engine_version="0.11.0") for s, f in (("fom1", "FOM1"), ("fom2", "FOM2"))])
+    ft = fom_table(collect_points([tmp_path]).points)
+    assert len(ft) == 3
+    by = {(r.sweep, r.mode, r.engine_version): r for r in ft.itertuples(index=False)}
+    full = by[("aurora-fom", "serve", "0.0.0")]
+    assert (full.FOM, full.status) == (123.0, "complete") and fom in full.best_points
+    assert smoke not in full.best_points and newer not in full.best_points
+    assert by[("smoke", "replicas", "0.0.0")].status == "incomplete: missing FOM3"
+    part = by[("aurora-fom", "serve", "0.11.0")]
+    assert math.isnan(part.FOM) and part.status == "incomplete: missing FOM3"  # not filled in from 0.0.0
+    assert full.deployment == "serve vllm 0.0.0, TP8 PP1 x1, bfloat16, len 8192"
+    assert by[("smoke", "replicas", "0.0.0")].deployment == "replicas vllm 0.0.0, TP1 PP1 x8, bfloat16, len 8192"
+
+
+def test_scenarios_of_the_same_name_in_two_sweeps_stay_apart(tmp_path: Path) -> None:
+    a, b = "20250101T000000Z-aaaaaa", "20250102T000000Z-bbbbbb"
+    exp(tmp_path, "aurora", a, [point_row(a, "aurora", MODEL, "chat", "", 4, 100.0, sweep="smoke")])
+    exp(tmp_path, "aurora", b, [point_row(b, "aurora", MODEL, "chat", "", 4, 700.0, sweep="serving",
+                                          input_len=2048)])
+    assert collect_command(args([tmp_path], tmp_path / "out", format="md")) == 0
+    md = (tmp_path / "out" / "report.md").read_text()
+    best = md.split("## Best throughput per scenario")[1].split("##")[0]
+    lines = [ln for ln in best.splitlines() if ln.startswith("| aurora")]
+    assert len(lines) == 2 and any("| smoke |" in ln for ln in lines) and any("| serving |" in ln for ln in lines)
+
+
 def test_incomplete_fom_is_not_presented_as_a_sum_in_the_markdown(tmp_path: Path) -> None:
     n = "20250101T000000Z-aaaaaa"
     exp(tmp_path, "polaris", n, [point_row(n, "polaris", MODEL, "fom1", "FOM1", 1, 300.0),

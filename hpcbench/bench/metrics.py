@@ -22,6 +22,7 @@ class Sample:
     ttft: float | None = None
     latency: float | None = None
     itl: Sequence[float] = field(default_factory=tuple)
+    token_events: int | None = None  # stream events that carried text (None: not streamed)
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -44,10 +45,19 @@ def summary_ms(values: Sequence[float]) -> dict[str, float | None]:
 
 
 def tpot(s: Sample) -> float | None:
-    """Time per output token after the first: (latency - TTFT) / (output - 1), for output > 1."""
-    if s.ttft is None or s.latency is None or s.output_tokens <= 1:
+    """Time per output token after the first: (latency - TTFT) / (output - 1), for output > 1.
+
+    None, not 0, when the whole output reached the client at once (a server that merges tokens into
+    one event, or one network read): nothing after the first token was timed."""
+    if s.ttft is None or s.latency is None or s.output_tokens <= 1 or s.latency <= s.ttft:
         return None
     return (s.latency - s.ttft) / (s.output_tokens - 1)
+
+
+def merged_stream(s: Sample) -> bool:
+    """A streamed request whose stream had fewer token events than output tokens: its ITL values are
+    per event, not per token, and its TPOT leans on when the merged events came."""
+    return s.ok and s.token_events is not None and s.token_events < s.output_tokens
 
 
 def goodput_count(samples: Iterable[Sample], ttft_ms: float | None, tpot_ms: float | None,
@@ -61,8 +71,8 @@ def goodput_count(samples: Iterable[Sample], ttft_ms: float | None, tpot_ms: flo
             continue
         if tpot_ms is not None:
             t = tpot(s)
-            if t is None:  # one-token output counts as 0 (vLLM); not streamed: cannot be judged
-                t = 0.0 if s.ttft is not None else math.inf
+            if t is None:  # one-token output counts as 0 (vLLM); not streamed or not timed: cannot be judged
+                t = 0.0 if s.ttft is not None and s.output_tokens <= 1 else math.inf
             if t * 1000 > tpot_ms:
                 continue
         if e2el_ms is not None and (s.latency is None or s.latency * 1000 > e2el_ms):
@@ -112,4 +122,5 @@ def point_metrics(samples: Sequence[Sample], duration_s: float, gpus: int, *, in
     row["prompt_len_mismatches"] = sum(1 for s in ok if s.prompt_tokens != input_len)
     row["output_len_mismatches"] = sum(1 for s in ok if s.output_tokens != output_len)
     row["achieved_request_rate"] = achieved_rate
+    row["merged_stream_requests"] = sum(1 for s in ok if merged_stream(s))
     return row

@@ -46,11 +46,12 @@ def run_offline_point(job: Job, exp: Experiment, llm: Any, point: SweepPoint, id
     batches (nothing written); PointFailed when no batch succeeded (nothing written)."""
     started = utc_now()
     batch = point.concurrency or 1
-    seed = prompts.seed_for(job.sweep.name, point.point_id, "measured")
+    seed = prompts.point_seed(exp.path.name, started, job.sweep.name, point.point_id, "measured")
     all_prompts = prompts.token_prompts(point.num_requests, point.input_len, ids, seed)
     if point.scenario.warmup:
         warm = prompts.token_prompts(min(batch, point.scenario.warmup), point.input_len, ids,
-                                     prompts.seed_for(job.sweep.name, point.point_id, "warmup"))
+                                     prompts.point_seed(exp.path.name, started, job.sweep.name, point.point_id,
+                                                        "warmup"))
         _generate(llm, warm, point.output_len)
     records, ok, elapsed = [], [], 0.0
     for start in range(0, len(all_prompts), batch):

@@ -3,12 +3,14 @@
 Identical prompts let vLLM's prefix cache skip prefill and inflate throughput (the seed teams' mistake),
 so every request gets its own prompt: completions prompts are lists of random token ids whose first
 tokens spell the request's index (no two prompts share even the first KV block); chat prompts are real
-text messages, distinct per request, sized with the model's own chat template.
+text messages, distinct per request, sized with the model's own chat template. Each run of a point
+draws new prompts (point_seed).
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 from functools import lru_cache
 from typing import Any, Sequence
@@ -33,6 +35,14 @@ _CHAT_TEXT = (
 def seed_for(*parts: object) -> int:
     """A stable seed from any labels (point id, kind): same inputs, same prompts, on any machine."""
     return int.from_bytes(hashlib.sha256("/".join(map(str, parts)).encode()).digest()[:8], "little")
+
+
+def point_seed(experiment: str, started: str, sweep: str, point_id: str, kind: str) -> int:
+    """The seed of one run of a point's prompts (kind: measured or warmup). The run is part of it (the
+    experiment, the scheduler job and the point's start time, all in the point's row), so a point
+    repeated, resumed or run again against a long-lived server never resends prompts the server has
+    already cached; the row still says how to rebuild them."""
+    return seed_for(experiment, os.environ.get("HPCBENCH_JOB_ID", ""), started, sweep, point_id, kind)
 
 
 @lru_cache(maxsize=8)

@@ -35,10 +35,12 @@ def served_model(endpoint: str, fallback: str) -> str:
         return fallback
 
 
-def build_requests(job: Job, point: SweepPoint, model: str, kind: str, n: int) -> list[client.Request]:
-    """n requests of the point, unique prompts; `kind` (measured, warmup) keeps the two sets apart."""
+def build_requests(job: Job, exp: Experiment, point: SweepPoint, started: str, model: str, kind: str,
+                   n: int) -> list[client.Request]:
+    """n requests of the point's run that started at `started`, unique prompts; `kind` (measured,
+    warmup) keeps the two sets apart."""
     s = point.scenario
-    seed = prompts.seed_for(job.sweep.name, point.point_id, kind)
+    seed = prompts.point_seed(exp.path.name, started, job.sweep.name, point.point_id, kind)
     if s.api == "chat":
         chats = prompts.chat_prompts(n, point.input_len, prompts.load_tokenizer(job.model_path), seed)
         bodies = [client.chat_body(model, m, point.output_len, s.stream) for m in chats]
@@ -56,7 +58,8 @@ def request_record(point_id: str, r: client.Result) -> dict[str, Any]:
             "ttft_ms": ms(r.ttft), "latency_ms": ms(r.latency),
             "itl_ms": {"n": len(r.itl), **{k: None if v is None else round(v, 3) for k, v in itl.items()},
                        "max": ms(max(r.itl)) if r.itl else None},
-            "prompt_tokens": r.prompt_tokens, "output_tokens": r.output_tokens, "error": r.error}
+            "prompt_tokens": r.prompt_tokens, "output_tokens": r.output_tokens, "token_events": r.token_events,
+            "error": r.error}
 
 
 def run_point(job: Job, exp: Experiment, point: SweepPoint, endpoints: Sequence[str], model: str,
@@ -66,8 +69,8 @@ def run_point(job: Job, exp: Experiment, point: SweepPoint, endpoints: Sequence[
     nothing). Raises PointFailed, writing nothing, when its engine died or no request completed."""
     s = point.scenario
     started = utc_now()
-    reqs = build_requests(job, point, model, "measured", point.num_requests)
-    warm = build_requests(job, point, model, "warmup", s.warmup) if s.warmup else []
+    reqs = build_requests(job, exp, point, started, model, "measured", point.num_requests)
+    warm = build_requests(job, exp, point, started, model, "warmup", s.warmup) if s.warmup else []
     bar = PointProgress(point.point_id, len(reqs))
     outcome = client.run(client.run_requests(
         endpoints, PATHS[s.api], reqs, concurrency=point.concurrency, rate=point.request_rate,
@@ -89,7 +92,9 @@ def run_point(job: Job, exp: Experiment, point: SweepPoint, endpoints: Sequence[
         raise PointFailed(f"{len(errors)} request(s) of point {point.point_id} failed and {', '.join(down)} "
                           f"no longer answers; first error: {errors[0]}")
     samples = [Sample(ok=r.ok, prompt_tokens=r.prompt_tokens, output_tokens=r.output_tokens or 0,
-                      ttft=r.ttft, latency=r.latency, itl=r.itl) for r in outcome.results]
+                      ttft=r.ttft, latency=r.latency, itl=r.itl,
+                      token_events=r.token_events if s.stream else None)
+               for r in outcome.results]
     row = provenance(job, exp, point, s.api)
     row.update(started_at=started, finished_at=utc_now())
     row.update(point_metrics(samples, outcome.duration, job.plan.accelerators_held,

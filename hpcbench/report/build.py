@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from hpcbench.report.cells import Table, fmt, from_frame
 from hpcbench.report.fom import fom_table
+from hpcbench.report.groups import LAYOUT, SHOWN
 from hpcbench.report.tables import LATENCY_COLUMNS, best_per_scenario, per_gpu_by_site, problems, totals
 
 if TYPE_CHECKING:
@@ -23,6 +24,7 @@ LABELS = {
     "tpot_ms_median": "TPOT p50 ms", "tpot_ms_p90": "TPOT p90 ms", "tpot_ms_p99": "TPOT p99 ms",
     "prompt_len_mismatches": "prompt len mismatches", "output_len_mismatches": "output len mismatches",
     "points_with_failures": "points with failures", "request_rate": "req/s",
+    "merged_stream_requests": "merged streams",
 }
 
 
@@ -32,10 +34,12 @@ def fom_section(df: "pd.DataFrame") -> tuple[Table, "pd.DataFrame"]:
     shown = ft.drop(columns=["best_points"]).astype(object)
     incomplete = ft["status"] != "complete"
     shown.loc[incomplete, "FOM"] = "incomplete"
+    shown = shown.drop(columns=LAYOUT)  # folded into the deployment label
     table = from_frame("Figure of merit (Aurora FOM = FOM1 + FOM2 + FOM3)", shown, LABELS, note=(
-        "FOMk = best total throughput (input + output tokens/s) among the points tagged FOMk for that "
-        "site, model and node count. The sum is shown only when all three parts were measured. "
-        "Failed requests and length mismatches are those of the best points."))
+        "FOMk = best total throughput (input + output tokens/s) among the points tagged FOMk of one "
+        "deployment: the same site, model, sweep, nodes, GPUs and deployment (mode, engine and version, "
+        "TP, PP, replicas, dtype, context length). The sum is shown only when all three parts were "
+        "measured. Failed requests and length mismatches are those of the best points."))
     cols = list(shown.columns)
     table.flagged = {(i, cols.index("FOM")) for i, bad in enumerate(incomplete.tolist()) if bad}
     # honest numbers: a FOM built on failed requests or wrong lengths is highlighted, not hidden
@@ -50,14 +54,22 @@ def build_tables(df: "pd.DataFrame") -> tuple[list[Table], "pd.DataFrame"]:
     best = best_per_scenario(df)
     tables = [fom_tbl]
     if not best.empty:
-        tput_cols = ["site", "model", "nodes", "gpus", "scenario", "input_len", "output_len", "concurrency",
+        tput_cols = [*SHOWN, "deployment", "scenario", "input_len", "output_len", "concurrency",
                      "request_rate", "total_throughput", "output_throughput", "per_gpu_output", "failed"]
         tables.append(from_frame("Best throughput per scenario", best[tput_cols], LABELS, note=(
-            "The highest total-throughput point of each scenario. Output tok/s/GPU divides by the GPUs "
-            "the job holds.")))
-        lat_cols = ["site", "model", "nodes", "scenario", "concurrency", "request_rate", *LATENCY_COLUMNS]
-        tables.append(from_frame("Latency at the best-throughput point", best[lat_cols], LABELS,
-                                 note="Time to first token and time per output token percentiles, in ms."))
+            "The highest total-throughput point of each scenario (of its sweep) and deployment. Output "
+            "tok/s/GPU divides by the GPUs the job holds.")))
+        lat_cols = ["site", "model", "sweep", "nodes", "scenario", "concurrency", "request_rate", *LATENCY_COLUMNS,
+                    "merged_stream_requests"]
+        lat = from_frame("Latency at the best-throughput point", best[lat_cols], LABELS, note=(
+            "Time to first token and time per output token percentiles, in ms. Merged streams: requests "
+            "whose stream had fewer token events than tokens (the server sent several tokens at once); "
+            "where there are any, TPOT is flagged as unreliable, and a request whose whole output came "
+            "at once has no TPOT at all (empty, never 0)."))
+        merged = best["merged_stream_requests"].fillna(0).to_numpy() > 0
+        lat.flagged = {(i, lat_cols.index(c)) for i, bad in enumerate(merged) if bad
+                       for c in ("tpot_ms_median", "tpot_ms_p90", "tpot_ms_p99", "merged_stream_requests")}
+        tables.append(lat)
         tables.append(from_frame("Best output tokens/s per GPU, by site", per_gpu_by_site(df), LABELS))
     prob = problems(df)
     t = totals(df)

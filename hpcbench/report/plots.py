@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from hpcbench.report.groups import DEPLOYMENT, with_deployment
 from hpcbench.report.tables import with_per_gpu
 
 if TYPE_CHECKING:
@@ -29,13 +30,21 @@ def make_plots(df: "pd.DataFrame", out: Path) -> list[tuple[str, Path]]:
 
 
 def _series(df: "pd.DataFrame") -> list[tuple[str, "pd.DataFrame"]]:
-    """(label, rows) per site / model / nodes, best-first, at most MAX_SERIES."""
+    """(label, rows) per deployment (hpcbench.report.groups), best-first, at most MAX_SERIES."""
     groups = []
-    for (site, model, nodes), g in df.groupby(["site", "model", "nodes"], dropna=False, sort=True):
+    for _, g in with_deployment(df).groupby(DEPLOYMENT, dropna=False, sort=True):
+        first = g.iloc[0]
+        nodes = first["nodes"]
         n = "" if isinstance(nodes, float) and math.isnan(nodes) else f" {int(nodes)}n"
-        groups.append((f"{site} / {model}{n}", g))
+        groups.append((f"{first['site']} / {first['model']}{n}, {first['deployment']}", g))
     groups.sort(key=lambda x: -float(x[1]["total_throughput"].max()))
     return groups[:MAX_SERIES]
+
+
+def _workloads(pts: "pd.DataFrame") -> list[tuple[str, "pd.DataFrame"]]:
+    """(title, rows) per sweep x scenario: a scenario name means one workload only within its sweep."""
+    return [(f"{sweep} / {scen}", g) for (sweep, scen), g in
+            pts[pts["scenario"].notna()].groupby(["sweep", "scenario"], dropna=False, sort=True)]
 
 
 def _grid(n: int, ncols: int, size: tuple[float, float]):  # -> (figure, list of axes)
@@ -60,17 +69,17 @@ def _save(fig, path: Path) -> Path:
 
 def _throughput_vs_concurrency(df: "pd.DataFrame", path: Path) -> Path | None:
     pts = df[df["concurrency"].notna() & df["total_throughput"].notna()]
-    scenarios = sorted(pts["scenario"].dropna().unique())
-    if not scenarios:
+    workloads = _workloads(pts)
+    if not workloads:
         return None
-    fig, axes = _grid(len(scenarios), min(2, len(scenarios)), (6.0, 4.0))
-    for ax, scen in zip(axes, scenarios):
-        for label, g in _series(pts[pts["scenario"] == scen]):
+    fig, axes = _grid(len(workloads), min(2, len(workloads)), (6.0, 4.0))
+    for ax, (title, sub) in zip(axes, workloads):
+        for label, g in _series(sub):
             # several experiments may repeat a concurrency: plot the best of them
             line = g.groupby("concurrency")["total_throughput"].max().sort_index()
             ax.plot(line.index, line.to_numpy(), marker="o", label=label)
         ax.set_xscale("log", base=2)
-        ax.set(title=str(scen), xlabel="concurrency (requests in flight)", ylabel="total tokens/s")
+        ax.set(title=title, xlabel="concurrency (requests in flight)", ylabel="total tokens/s")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)
     return _save(fig, path)
@@ -78,18 +87,17 @@ def _throughput_vs_concurrency(df: "pd.DataFrame", path: Path) -> Path | None:
 
 def _latency_vs_throughput(df: "pd.DataFrame", path: Path) -> Path | None:
     pts = df[df["total_throughput"].notna()]
-    scenarios = sorted(pts["scenario"].dropna().unique())
-    if not scenarios:
+    workloads = _workloads(pts)
+    if not workloads:
         return None
-    fig, axes = _grid(2 * len(scenarios), 2, (6.0, 3.6))
-    for i, scen in enumerate(scenarios):
-        sub = pts[pts["scenario"] == scen]
+    fig, axes = _grid(2 * len(workloads), 2, (6.0, 3.6))
+    for i, (title, sub) in enumerate(workloads):
         for ax, metric, name in ((axes[2 * i], "ttft_ms_median", "TTFT p50 (ms)"),
                                  (axes[2 * i + 1], "tpot_ms_median", "TPOT p50 (ms)")):
             for label, g in _series(sub):
                 g = g[g[metric].notna()].sort_values("total_throughput")
                 ax.plot(g["total_throughput"], g[metric], marker="o", label=label)
-            ax.set(title=f"{scen}: {name}", xlabel="total tokens/s", ylabel=name)
+            ax.set(title=f"{title}: {name}", xlabel="total tokens/s", ylabel=name)
             ax.grid(True, alpha=0.3)
             ax.legend(fontsize=7)
     return _save(fig, path)
@@ -104,7 +112,9 @@ def _per_gpu_across_sites(df: "pd.DataFrame", path: Path) -> Path | None:
     label = pts["site"].astype(str)
     if pts["model"].nunique() > 1:
         label = label + " / " + pts["model"].astype(str)
-    best = pts.assign(_label=label).groupby(["scenario", "_label"], dropna=False)["per_gpu_output"].max()
+    workload = pts["sweep"].astype(str) + " / " + pts["scenario"].astype(str)
+    best = pts.assign(_label=label, _workload=workload).groupby(["_workload", "_label"], dropna=False)[
+        "per_gpu_output"].max()
     best = best.unstack("_label")
     import matplotlib.pyplot as plt
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from hpcbench.report.groups import SHOWN, WORKLOAD, with_deployment
+
 if TYPE_CHECKING:
     import pandas as pd
 
-SCENARIO_GROUP: list[str] = ["site", "model", "nodes", "scenario"]
 LATENCY_COLUMNS: list[str] = ["ttft_ms_median", "ttft_ms_p90", "ttft_ms_p99",
                               "tpot_ms_median", "tpot_ms_p90", "tpot_ms_p99"]
 
@@ -21,24 +22,25 @@ def with_per_gpu(df: "pd.DataFrame") -> "pd.DataFrame":
 
 
 def best_per_scenario(df: "pd.DataFrame") -> "pd.DataFrame":
-    """The highest total_throughput point per site x model x nodes x scenario, with its latencies."""
-    pts = with_per_gpu(df[df["total_throughput"].notna()])
+    """The highest total_throughput point per deployment x scenario (hpcbench.report.groups), with its latencies."""
+    pts = with_deployment(with_per_gpu(df[df["total_throughput"].notna()]))
     if pts.empty:
         return pts
-    idx = pts.groupby(SCENARIO_GROUP, dropna=False, sort=True)["total_throughput"].idxmax()
+    idx = pts.groupby(WORKLOAD, dropna=False, sort=True)["total_throughput"].idxmax()
     best = pts.loc[idx.to_numpy()]
-    cols = SCENARIO_GROUP + ["gpus", "input_len", "output_len", "concurrency", "request_rate",
+    cols = SHOWN + ["deployment", "scenario", "input_len", "output_len", "concurrency", "request_rate",
                              "total_throughput", "output_throughput", "per_gpu_output", *LATENCY_COLUMNS,
-                             "failed", "experiment", "point_id"]
+                             "failed", "merged_stream_requests", "experiment", "point_id"]
     return best[cols].reset_index(drop=True)
 
 
 def per_gpu_by_site(df: "pd.DataFrame") -> "pd.DataFrame":
-    """Best per-GPU output throughput per model x scenario x site (any node count): rows model x scenario."""
+    """Best per-GPU output throughput per model x sweep x scenario x site (any deployment): rows model x
+    sweep x scenario, a column per site."""
     pts = with_per_gpu(df[df["output_throughput"].notna()])
     if pts.empty:
         return pts
-    best = pts.groupby(["model", "scenario", "site"], dropna=False)["per_gpu_output"].max()
+    best = pts.groupby(["model", "sweep", "scenario", "site"], dropna=False)["per_gpu_output"].max()
     return best.unstack("site").reset_index()
 
 
