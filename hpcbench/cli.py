@@ -28,6 +28,7 @@ typical use:
   hpcbench plan --site slurm-h100 --model 70b --max-model-len 128000
   hpcbench submit --site aurora --model 405b --account MYPROJ --dry-run
   hpcbench submit --site local --model tiny --sweep smoke --wait
+  hpcbench bench --endpoint http://127.0.0.1:8000 --model tiny --sweep smoke
   hpcbench status
   hpcbench collect -o report/
 
@@ -165,6 +166,12 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return submit(args)
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from hpcbench.bench.endpoint import bench_command
+
+    return bench_command(args)
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from hpcbench.status import status
 
@@ -229,6 +236,21 @@ examples:
 
 The experiment directory is <root>/<site>/<model>/<UTC timestamp>-<id>/ and holds job.sh,
 config.yaml, submit.json, logs/ and results/. --dry-run prints the script only and creates nothing.
+"""
+
+BENCH_EXAMPLES = """\
+examples:
+  hpcbench bench --endpoint http://127.0.0.1:8000 --model tiny --sweep smoke
+  hpcbench bench --endpoint http://gpu01:8000 --endpoint http://gpu02:8000 --model 70b \\
+      --site slurm-h100 --gpus 16 --nodes 2 --tp 8 --sweep aurora-fom
+  hpcbench bench --resume hpcbench-runs/local/tiny/20250101T000000Z-abc123
+
+The sweep runs in this process against servers started elsewhere (requests go to the endpoint with
+the fewest in flight) and writes an experiment directory as submit does: status, collect and --resume
+treat it like any other. The servers are asked what they serve (/v1/models: model, max-model-len;
+/version: engine version); what they cannot say (GPUs, nodes, TP, PP, dtype) is what you pass, else it
+stays empty in the results. Servers that need a key get $OPENAI_API_KEY as a bearer token.
+Ctrl-C stops at once, keeping the points done; --resume runs the rest.
 """
 
 COLLECT_EXAMPLES = """\
@@ -315,6 +337,34 @@ def build_parser() -> argparse.ArgumentParser:
                                                           "submit nothing")
     p.add_argument("--wait", action="store_true", help="follow the job until it ends, showing its progress")
     p.set_defaults(extra="model")  # the local site makes the tiny model before its first job
+
+    p = add("bench", cmd_bench, "run a sweep against OpenAI-compatible servers already running (any engine)",
+            epilog=BENCH_EXAMPLES)
+    p.add_argument("--endpoint", type=TEXT, action="append", metavar="URL",
+                   help="a server's base URL, e.g. http://HOST:8000; repeat for several replicas of one deployment")
+    p.add_argument("--model", type=TEXT, help="what the servers run: catalog name or alias, Hugging Face id, or "
+                                              "a folder with a config.json (required)")
+    p.add_argument("--tokenizer", type=TEXT, metavar="DIR",
+                   help="the model's folder here (config.json and tokenizer), for a catalog model whose weights "
+                        "are elsewhere; chat scenarios need it (default: as submit finds the weights)")
+    p.add_argument("--served-model", type=TEXT, metavar="NAME",
+                   help="the model name to send (default: the first /v1/models entry of the first server)")
+    p.add_argument("--sweep", type=TEXT, help="sweep name or YAML path (default: smoke on CPU sites, aurora-fom "
+                                              "elsewhere)")
+    p.add_argument("--site", type=TEXT, help="the site the servers run on, for the results' site and accelerator "
+                                             "(default: local)")
+    p.add_argument("--gpus", type=COUNT, help="accelerators behind all the endpoints together: per-GPU figures "
+                                              "divide by it (default: none given, per-GPU figures empty)")
+    p.add_argument("--nodes", type=COUNT, help="nodes the servers use (recorded; default: not known)")
+    p.add_argument("--tp", type=COUNT, help="tensor parallel size of each server (recorded; default: not known)")
+    p.add_argument("--pp", type=COUNT, help="pipeline parallel size of each server (recorded; default: not known)")
+    p.add_argument("--dtype", type=DTYPE, help="the servers' dtype (recorded; default: not known)")
+    p.add_argument("--max-model-len", type=COUNT, metavar="TOKENS",
+                   help="the servers' context, when they do not say it at /v1/models (vLLM does)")
+    p.add_argument("--root", type=PATH, help="experiments root (default: $HPCBENCH_ROOT or ./hpcbench-runs)")
+    p.add_argument("--resume", type=TEXT, metavar="EXP",
+                   help="run the points an earlier bench did not (with --endpoint: where the servers are now)")
+    p.set_defaults(extra="bench")
 
     p = add("status", cmd_status, "every tracked job: state, elapsed time, progress",
             epilog="examples:\n  hpcbench status\n  hpcbench status --root runs/ --root old-runs/ --json\n")

@@ -37,7 +37,8 @@ if TYPE_CHECKING:
 GB = 1e9
 GiB = float(2**30)
 KV_MARGIN = 1.1  # KV room for a full-length sequence and a tenth more: the profile run and block rounding vary
-Mode = Literal["serve", "replicas", "offline"]
+# endpoint: servers that hpcbench did not start (`hpcbench bench`); the layout is what the user says.
+Mode = Literal["serve", "replicas", "offline", "endpoint"]
 
 # What `plan` and `submit` use when --site / --model are not given.
 DEFAULT_SITE = "local"
@@ -96,15 +97,15 @@ class Plan:
     kv_cache_dtype: str
     max_model_len: int
     kv_tokens_wanted: int
-    tp: int
-    pp: int
-    nodes: int
+    tp: int | None  # None: not known (servers hpcbench did not start, when the user does not say)
+    pp: int | None
+    nodes: int | None
     replicas: int
     replicas_per_node: int
     accelerators_per_replica: int
     expert_parallel: bool
     accelerators_used: int
-    accelerators_held: int
+    accelerators_held: int | None
     usable_gib_per_accelerator: float
     weights_gib_per_accelerator: float
     kv_room_gib_per_replica: float
@@ -329,6 +330,30 @@ def plan(model: ModelSpec, site: Site, *, max_model_len: int, dtype: str | None 
         return build(t, p, n, 1, f)
     where = f"{nodes} node(s)" if nodes else f"the {limit} node(s) site {site.name} allows"
     raise PlanError(_no_fit(model, site, a, context, where, max(tps), candidates[-1]))
+
+
+def described_plan(model: ModelSpec, site: Site, sweep: "Sweep", *, replicas: int, context: int,
+                   gpus: int | None = None, nodes: int | None = None, tp: int | None = None,
+                   pp: int | None = None, dtype: str | None = None) -> Plan:
+    """The layout of servers hpcbench did not start, as the user describes it: nothing is fitted or
+    chosen, unknown sizes stay None (their report cells stay empty, never guessed). context: the
+    servers' max-model-len; the arithmetic is the model's at that context."""
+    for flag, value in (("--gpus", gpus), ("--nodes", nodes), ("--tp", tp), ("--pp", pp)):
+        if value is not None:
+            _whole(flag, value)
+    a = arithmetic(model, site, context, resolved_dtype(dtype or "auto", model))
+    per_replica = tp * (pp or 1) if tp else 0
+    reasons = [f"{replicas} endpoint(s) started elsewhere; layout as given: "
+               + ", ".join(f"{k} {v if v is not None else 'not given'}"
+                           for k, v in (("GPUs", gpus), ("nodes", nodes), ("TP", tp), ("PP", pp)))]
+    return Plan(site=site.name, model=model.name, mode="endpoint", dtype=dtype or "", kv_cache_dtype="",
+                max_model_len=context, kv_tokens_wanted=sweep_load(sweep), tp=tp, pp=pp, nodes=nodes,
+                replicas=replicas, replicas_per_node=0, accelerators_per_replica=per_replica,
+                expert_parallel=False, accelerators_used=per_replica * replicas, accelerators_held=gpus,
+                usable_gib_per_accelerator=0.0, weights_gib_per_accelerator=0.0, kv_room_gib_per_replica=0.0,
+                kv_tokens_per_replica=0, full_sequences_per_replica=0, backend="", engine_ready_timeout_s=1,
+                arithmetic=a, reasons=reasons,
+                warnings=[] if gpus else ["--gpus not given: per-GPU figures stay empty"])
 
 
 def _no_fit(model: ModelSpec, site: Site, a: Arithmetic, context: int, where: str, tp: int, pp: int) -> str:

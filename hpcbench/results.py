@@ -13,14 +13,14 @@ PROVENANCE_COLUMNS: tuple[str, ...] = (
     "site",
     "model",             # catalog name, e.g. llama-3.1-70b-instruct
     "hf_id",
-    "mode",              # serve | replicas | offline
+    "mode",              # serve | replicas | offline | endpoint (servers started elsewhere)
     "nodes",
     "gpus",              # accelerators the job holds (per-GPU figures divide by this)
     "accelerator",       # cuda | xpu | rocm | cpu
     "tp",
     "pp",
     "replicas",
-    "engine",            # vllm
+    "engine",            # vllm; for endpoints, what the servers say they are
     "engine_version",
     "dtype",
     "max_model_len",

@@ -254,7 +254,7 @@ def rows(exps: list[Experiment], root: Path | None) -> list[Row]:
         name = str(exp.path.relative_to(root.absolute())) if root and exp.path.is_relative_to(root.absolute()) \
             else str(exp.path)
         phase = exp.phase()
-        out.append(Row(name, record.get("site", "?"), record.get("model", "?"), record.get("nodes", "?"),
+        out.append(Row(name, record.get("site", "?"), record.get("model", "?"), record.get("nodes") or "?",
                        record.get("job_id", "?"), st.state.value if st else "?", _elapsed(exp), progress(phase),
                        _detail(st, phase)))
     return out

@@ -40,7 +40,7 @@ def _warn(warnings: list[str]) -> None:
         print(f"hpcbench: warning: {warning}", file=sys.stderr)
 
 
-def _check_root(root: Path) -> None:
+def check_root(root: Path) -> None:
     # Scheduler headers (#SBATCH --output=, #PBS -o) cannot quote a path, nor carry a control character.
     if re.search(r"[\s\x00-\x1f\x7f]", str(root.absolute())):
         raise UserError(f"experiments root {str(root)!r} contains white space or a control character, which "
@@ -54,7 +54,7 @@ def submit(args: argparse.Namespace) -> int:
     model, model_path = find_model(args.model or DEFAULT_MODEL, site, args.model_path)
     sweep = load_sweep(args.sweep or default_sweep(site))
     root = args.root or default_root()
-    _check_root(root)
+    check_root(root)
     exp = Experiment.allocate(root, site.name, model.name)
     job = resolve_job(site=site, model=model, sweep=sweep, experiment=exp.path, mode=args.mode,
                       nodes=args.nodes, tp=args.tp, max_model_len=args.max_model_len,
@@ -69,21 +69,21 @@ def submit(args: argparse.Namespace) -> int:
         print(f"# dry run: would create {exp.path} and submit with {site.scheduler.kind}; nothing submitted",
               file=sys.stderr)
         return 0
-    made = _create(exp)  # first: a root that cannot hold the experiment is refused before anything is made
+    made = create_experiment(exp)  # first: a root that cannot hold the experiment is refused before anything is made
     try:
         if model.local and not args.model_path:  # a path the user names is used as it is, never written
             _ensure_tiny_model(job)
         atomic_write(exp.file(JOB_SCRIPT), script)
         job.save(exp.file(CONFIG))
     except BaseException:
-        _remove(made)
+        remove_made(made)
         raise
     result = _send(exp, job, made=made)
     _warn(warnings)  # after the scheduler's answer, so a refusal stays one line
     return _submitted(exp, job, result, args)
 
 
-def _create(exp: Experiment) -> list[Path]:
+def create_experiment(exp: Experiment) -> list[Path]:
     """Create the experiment directory; returns the folders that did not exist before, deepest first."""
     new = []
     for folder in (exp.path, *exp.path.parents):
@@ -93,13 +93,13 @@ def _create(exp: Experiment) -> list[Path]:
     try:
         exp.create()
     except OSError as exc:
-        _remove(new)
+        remove_made(new)
         raise UserError(f"cannot create the experiment directory {exp.path}: {exc.strerror or exc}; "
                         "choose another --root") from None
     return new
 
 
-def _remove(folders: list[Path]) -> None:
+def remove_made(folders: list[Path]) -> None:
     """Remove the experiment directory and the parents made for it, unless another job uses them now."""
     if folders:
         shutil.rmtree(folders[0], ignore_errors=True)
@@ -121,16 +121,14 @@ def resume(path: Path, args: argparse.Namespace) -> int:
                         f"{', '.join(ignored)} would be ignored; edit {path}/job.sh (its header) instead, "
                         "or submit a new experiment")
     exp = Experiment(path.absolute())
-    if not exp.file(CONFIG).is_file() or not exp.file(JOB_SCRIPT).is_file():
-        raise UserError(f"{path} is not an experiment directory (no {CONFIG} and {JOB_SCRIPT})")
-    job = Job.load(exp.file(CONFIG))
-    record = exp.submit_record() or {}
-    if record.get("job_id"):
-        from hpcbench.status import job_states
+    job = load_resumable(exp, path)
+    if job.endpoints is not None:  # made by `hpcbench bench`: its servers run elsewhere, no job to queue
+        from hpcbench.bench.endpoint import resume_endpoints
 
-        state = job_states([exp])[exp.path]
-        if not state.state.terminal and state.state.value != "unknown":
-            raise UserError(f"{path} is still {state.state.value} as job {record['job_id']}; cancel it first")
+        return resume_endpoints(exp, job, [], dry_run=args.dry_run)
+    if not exp.file(JOB_SCRIPT).is_file():
+        raise UserError(f"{path} is not an experiment directory (no {CONFIG} and {JOB_SCRIPT})")
+    record = exp.submit_record() or {}
     if args.dry_run:  # the script is the experiment's own: show it, change nothing
         print(exp.file(JOB_SCRIPT).read_text(), end="")
         print(f"# dry run: would submit {exp.file(JOB_SCRIPT)} again; nothing submitted", file=sys.stderr)
@@ -150,6 +148,21 @@ def resume(path: Path, args: argparse.Namespace) -> int:
     return _submitted(exp, job, result, args)
 
 
+def load_resumable(exp: Experiment, path: Path) -> Job:
+    """The job of an experiment that may run again: refused while its last run is still live."""
+    if not exp.file(CONFIG).is_file():
+        raise UserError(f"{path} is not an experiment directory (no {CONFIG})")
+    job = Job.load(exp.file(CONFIG))
+    record = exp.submit_record() or {}
+    if record.get("job_id"):
+        from hpcbench.status import job_states
+
+        state = job_states([exp])[exp.path]
+        if not state.state.terminal and state.state.value != "unknown":
+            raise UserError(f"{path} is still {state.state.value} as job {record['job_id']}; cancel it first")
+    return job
+
+
 def _ensure_tiny_model(job: Job) -> None:
     from hpcbench.runtime.tiny_model import make_tiny_model, needs_libraries
 
@@ -167,7 +180,7 @@ def _send(exp: Experiment, job: Job, previous: dict | None = None, made: list[Pa
     try:
         result = sched.submit(exp.file(JOB_SCRIPT), workdir=exp.path, pass_env=job.secrets)
     except SchedulerError:
-        _remove(made or [])
+        remove_made(made or [])
         raise
     history = list((previous or {}).get("history", []))
     if previous and previous.get("job_id"):

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from time import perf_counter
 from typing import Any, Callable, Sequence
 
+from hpcbench.api_key import auth_headers
+
 # vLLM writes compact JSON; the spaced form covers servers that use json.dumps defaults.
 _TOKEN_MARKS = (b'"choices":[{', b'"choices": [{')
 _DONE = b"data: [DONE]"
@@ -242,7 +244,8 @@ async def run_requests(endpoints: Sequence[str], path: str, requests: Sequence[R
     sends: list[float] = []
 
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None),
-                                     auto_decompress=False, skip_auto_headers=("User-Agent",)) as session:
+                                     auto_decompress=False, skip_auto_headers=("User-Agent",),
+                                     headers=auth_headers()) as session:
 
         async def one(req: Request, res: Result, record: bool) -> None:
             i = lb.acquire()

@@ -293,6 +293,9 @@ def check_point(point: SweepPoint, errors: list[str], total: int, alive: Callabl
 
 def provenance(job: Job, exp: Experiment, point: SweepPoint, api: str) -> dict[str, Any]:
     p, s = job.plan, point.scenario
+    # Servers started elsewhere say what they run; a job's own servers run the vLLM installed here.
+    engine, version = ((job.endpoints.engine, job.endpoints.engine_version) if job.endpoints
+                       else ("vllm", engine_version()))
     return {
         "experiment": exp.path.name,
         "job_id": os.environ.get("HPCBENCH_JOB_ID", ""),
@@ -306,8 +309,8 @@ def provenance(job: Job, exp: Experiment, point: SweepPoint, api: str) -> dict[s
         "tp": p.tp,
         "pp": p.pp,
         "replicas": p.replicas,
-        "engine": "vllm",
-        "engine_version": engine_version(),
+        "engine": engine,
+        "engine_version": version,
         "dtype": p.dtype,
         "max_model_len": p.max_model_len,
         "sweep": job.sweep.name,

@@ -6,7 +6,6 @@ import json
 import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Callable
 from typing import Any, Sequence
 
@@ -20,7 +19,7 @@ from hpcbench.bench.rows import (Deadline, PointFailed, SweepResult, append_requ
 from hpcbench.config.job import Job
 from hpcbench.config.sweep import SweepPoint
 from hpcbench.experiment import Experiment, utc_now
-from hpcbench.runtime.engine import POLL_S, probe
+from hpcbench.runtime.engine import POLL_S, http_get, probe
 
 PATHS = {"completions": "/v1/completions", "chat": "/v1/chat/completions"}
 SETTLE_S = 2 * POLL_S  # after failed requests: time for a dying engine's process to end
@@ -29,8 +28,8 @@ SETTLE_S = 2 * POLL_S  # after failed requests: time for a dying engine's proces
 def served_model(endpoint: str, fallback: str) -> str:
     """The name the server answers to (its first /v1/models entry), else the catalog name."""
     try:
-        with urllib.request.urlopen(endpoint.rstrip("/") + "/v1/models", timeout=10) as r:
-            return json.load(r)["data"][0]["id"]
+        status, body = http_get(endpoint.rstrip("/") + "/v1/models", timeout=10)
+        return json.loads(body)["data"][0]["id"] if status == 200 else fallback
     except Exception:
         return fallback
 
@@ -114,7 +113,7 @@ def run_sweep(job: Job, exp: Experiment, endpoints: list[str], stop: threading.E
     deadline: no point starts that the previous one says cannot finish by then (the caller's alarm
     sets stop at the deadline itself). alive: whether the engines still run, asked before each write."""
     result, todo = pending_points(job, exp)
-    model = served_model(endpoints[0], job.model.name)
+    model = job.endpoints.served_model if job.endpoints else served_model(endpoints[0], job.model.name)
     if todo:  # the tokenizer's one-time load must not count in the first point's time (the deadline's estimate)
         prompts.usable_token_ids(job.model_path, job.model.vocab)
     balancer = client.Balancer(endpoints)  # one for the sweep: its per-endpoint counts cover every point

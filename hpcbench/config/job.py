@@ -37,6 +37,15 @@ class Timeouts(Strict, kw_only=True):
     engine_s: PositiveInt
 
 
+class Endpoints(Strict, kw_only=True):
+    """Servers hpcbench did not start (`hpcbench bench`): where they are and what they said they run."""
+
+    urls: list[str]
+    served_model: str  # the name they answer to (their /v1/models)
+    engine: str  # "vllm" when they answer vLLM's /version, else "openai-compatible"
+    engine_version: str = ""
+
+
 class Job(Strict, kw_only=True):
     hpcbench_version: str = __version__
     experiment: str
@@ -55,6 +64,7 @@ class Job(Strict, kw_only=True):
     queue: str | None = None
     job_name: str
     secrets: list[str] = []
+    endpoints: Endpoints | None = None  # set for mode endpoint: the sweep runs against these
 
     def __post_init__(self) -> None:
         # This record is read back inside the job: what reaches the script is checked again.

@@ -213,8 +213,10 @@ def from_config(config: Path, name: str, hf_id: str) -> ModelSpec:
         raise ConfigError(config, "", f"cannot plan this architecture: {exc}") from None
 
 
-def find_model(name: str, site: "Site | None" = None, model_path: str | None = None) -> tuple[ModelSpec, str]:
-    """(architecture, what the engine loads) for --model NAME [--model-path P].
+def find_model(name: str, site: "Site | None" = None, model_path: str | None = None,
+               path_flag: str = "--model-path") -> tuple[ModelSpec, str]:
+    """(architecture, what the engine loads) for --model NAME [--model-path P] (path_flag: how the
+    command calls P).
 
     NAME is a folder with a config.json, a catalog name, alias or Hugging Face id, or a Hugging Face id
     in the site's models_dir or cache. The architecture comes from the weights' own config.json whenever
@@ -223,8 +225,8 @@ def find_model(name: str, site: "Site | None" = None, model_path: str | None = N
     folder = _expand(name)
     if (folder / "config.json").is_file():
         if model_path is not None:
-            raise ConfigError(None, "--model-path", f"--model {name} is a folder of weights already; "
-                              "--model-path is for a catalog model's weights")
+            raise ConfigError(None, path_flag, f"--model {name} is a folder of weights already; "
+                              f"{path_flag} is for a catalog model's weights")
         spec = from_config(folder / "config.json", folder.resolve().name, folder.resolve().name)
         return spec, str(folder.resolve())
     if name.startswith((".", "/", "~")) or name.count("/") > 1:

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from hpcbench.config.errors import ConfigError, UserError
-from hpcbench.config.loading import (FieldError, NonNegativeInt, Port, PositiveFloat, PositiveInt, Strict, check,
+from hpcbench.config.loading import (FieldError, NonNegativeInt, Port, PositiveInt, Strict, check,
                                      deep_merge, is_yaml_path, name_from_file, package_files,
                                      read_yaml, validate)
 from hpcbench.config.values import (WALLTIME_FORMS, env_name, format_walltime, non_empty, one_line,  # noqa: F401

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hpcbench.api_key import auth_headers
 from hpcbench.launchers import node_command
 
 if TYPE_CHECKING:
@@ -208,8 +209,9 @@ def last_error_line(tail: str) -> str:
 # ---------------------------------------------------------------- readiness
 
 
-def _get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
-    req = urllib.request.Request(url, headers={"Accept": "application/json"})
+def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
+    """(status, body) of a GET; raises OSError when nothing answers."""
+    req = urllib.request.Request(url, headers={"Accept": "application/json", **auth_headers()})
     # No proxies: these are node-local addresses, and sites often set http_proxy for the outside world.
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
@@ -220,12 +222,13 @@ def _get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
 
 
 def probe(url: str) -> bool:
-    """True when the server answers /health with 200 and /v1/models lists at least one model."""
+    """True when the server answers /health with 200 (or has none: not every OpenAI-compatible server
+    does) and /v1/models lists at least one model."""
     try:
-        status, _ = _get(f"{url}/health")
-        if status != 200:
+        status, _ = http_get(f"{url}/health")
+        if status not in (200, 404):
             return False
-        status, body = _get(f"{url}/v1/models")
+        status, body = http_get(f"{url}/v1/models")
         return status == 200 and bool(json.loads(body).get("data"))
     except (OSError, ValueError):
         return False

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import fcntl
 import ipaddress
-import json
 import os
 import socket
 import struct

@@ -1,6 +1,7 @@
 """Local: the job script runs as a background process in its own session on this machine.
 
-The job id is "<pid>.<start time>" so a recycled pid is never mistaken for the job.
+The job id is "<pid>.<start time>" so a recycled pid is never mistaken for the job. `hpcbench bench`
+records its own process the same way, so status and cancel treat it as a local job.
 """
 
 from __future__ import annotations
@@ -39,6 +40,12 @@ class LocalScheduler(Scheduler):
             raise SchedulerError(f"the job process {proc.pid} ended at once; see {log}")
         return Submitted(f"{proc.pid}.{started[0]}", cmd)
 
+    @staticmethod
+    def this_process() -> str:
+        """The id of the calling process, for work it does itself (`hpcbench bench`)."""
+        started = _proc_start(os.getpid())
+        return f"{os.getpid()}.{started[0] if started else 0}"
+
     def query(self, job_ids: list[str]) -> dict[str, JobStatus]:
         out = {}
         for job_id in job_ids:
@@ -54,6 +61,9 @@ class LocalScheduler(Scheduler):
         if self.query([job_id])[job_id].state != JobState.RUNNING:
             return
         try:
-            os.killpg(int(pid), signal.SIGTERM)  # the whole session: script, driver, servers
+            if os.getpgid(int(pid)) == int(pid):
+                os.killpg(int(pid), signal.SIGTERM)  # a job's whole session: script, driver, servers
+            else:
+                os.kill(int(pid), signal.SIGTERM)  # a `hpcbench bench` in someone's shell: that process only
         except ProcessLookupError:
             pass
