@@ -128,7 +128,8 @@ def test_two_endpoints_share_the_load_and_ctrl_c_then_resume_runs_exactly_the_re
     (short,) = rows(exp)
     assert short["scenario"] == "short" and short["replicas"] == "2" and short["gpus"] == ""
     served = Counter(json.loads(line)["endpoint"] for line in (exp / "results" / "requests.jsonl").read_text().splitlines())
-    assert set(served) == set(servers) and min(served.values()) >= 4, served  # 16 requests, 4 in flight, 2 servers
+    # Least outstanding: both serve, the faster one more (on a busy machine one may take most of the 16).
+    assert set(served) == set(servers) and sum(served.values()) == 16, served
     finished = json.loads((exp / "finished").read_text())
     assert (finished["reason"], finished["final"], finished["signal"]) == ("cancelled", True, "INT")
     assert status(root)["state"] == "cancelled"
